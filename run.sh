@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: installs what Repa needs, builds it in Release and runs `Repa.Runtime` with the given arguments
+# (default: a smoke run that checks the engine on this machine).
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+dotnet build src/Repa.Runtime -c Release --nologo -v quiet -clp:ErrorsOnly
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(smoke)
+exec dotnet src/Repa.Runtime/bin/Release/net10.0/Repa.Runtime.dll "${args[@]}"

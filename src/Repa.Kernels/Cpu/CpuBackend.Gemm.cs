@@ -1,0 +1,25 @@
+namespace Repa.Kernels.Cpu;
+
+public sealed unsafe partial class CpuBackend
+{
+    public void Gemm(bool transA, bool transB, int m, int n, int k, double alpha,
+        DeviceBuffer a, long offsetA, int lda, long strideA,
+        DeviceBuffer b, long offsetB, int ldb, long strideB,
+        double beta, DeviceBuffer c, long offsetC, int ldc, long strideC, int batch = 1)
+    {
+        if (a.DType != b.DType || a.DType != c.DType)
+            throw new ArgumentException($"gemm: operand dtypes differ ({a.DType.Name()}, {b.DType.Name()}, {c.DType.Name()}).");
+        switch (c.DType)
+        {
+            case DType.F32:
+                ReferenceGemm.Gemm(transA, transB, m, n, k, (float)alpha, Host(a).Ptr<float>() + offsetA, lda, strideA,
+                    Host(b).Ptr<float>() + offsetB, ldb, strideB, (float)beta, Host(c).Ptr<float>() + offsetC, ldc, strideC, batch);
+                break;
+            case DType.F64:
+                ReferenceGemm.Gemm(transA, transB, m, n, k, alpha, Host(a).Ptr<double>() + offsetA, lda, strideA,
+                    Host(b).Ptr<double>() + offsetB, ldb, strideB, beta, Host(c).Ptr<double>() + offsetC, ldc, strideC, batch);
+                break;
+            default: throw Unsupported(c.DType);
+        }
+    }
+}
