@@ -91,8 +91,8 @@ public sealed class Tensor : IDisposable
 
     // ---- reading back ----
 
-    public float[] ToFloatArray() => DType == DType.F32 ? Read<float>() : Converted(DType.F32).Read<float>();
-    public double[] ToDoubleArray() => DType == DType.F64 ? Read<double>() : Converted(DType.F64).Read<double>();
+    public float[] ToFloatArray() => ReadAs<float>(DType.F32);
+    public double[] ToDoubleArray() => ReadAs<double>(DType.F64);
 
     public int[] ToIntArray() => DType == DType.I32
         ? Read<int>()
@@ -112,10 +112,11 @@ public sealed class Tensor : IDisposable
         return result;
     }
 
-    private Tensor Converted(DType dtype)
+    private T[] ReadAs<T>(DType dtype) where T : unmanaged
     {
-        using var t = To(dtype);
-        return t.Detached();
+        if (DType == dtype) return Read<T>();
+        using var converted = To(dtype); // back to the pool right away (a tape's later dispose is a no-op)
+        return converted.Read<T>();
     }
 
     /// <summary>A copy in another dtype (no gradient flows through it; use for checks and I/O).</summary>

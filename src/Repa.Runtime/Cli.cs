@@ -84,11 +84,12 @@ public static class Cli
             var y = Ops.Linear(Ops.Gelu(Ops.Linear(x, w1)), w2);
             var loss = Ops.Mean(Ops.Mul(y, y));
             tape.Backward(loss);
+            double lossValue = loss.Item();
             double gradNorm = Math.Sqrt(w1.Grad!.ToDoubleArray().Sum(v => v * v) + w2.Grad!.ToDoubleArray().Sum(v => v * v));
             double seconds = sw.Elapsed.TotalSeconds;
             times.Add(seconds);
             if (step == 1) allocationsAfterFirst = backend.AllocationCount;
-            stdout.WriteLine($"step {step,3}/{steps} | loss {loss.Item():F6} | grad norm {gradNorm:F4} | {seconds * 1e3:F1} ms | {flopsPerStep / seconds / 1e9:F1} GFLOP/s");
+            stdout.WriteLine($"step {step,3}/{steps} | loss {lossValue:F6} | grad norm {gradNorm:F4} | {seconds * 1e3:F1} ms | {flopsPerStep / seconds / 1e9:F1} GFLOP/s");
         }
         times.Sort();
         double median = times[times.Count / 2];

@@ -159,6 +159,8 @@ public unsafe class GemmTests
             Check<double>(ta, tb, 40, 600, 530, 1, 0.5, threads: 2);
             Check<float>(ta, tb, 3, 2000, 100, 1, 0, threads: 2);
             Check<float>(ta, tb, 131, 97, 260, -1, 1, threads: 3);
+            Check<float>(ta, tb, 300, 70, 600, 0.5, 0.5, threads: 1);
+            Check<double>(ta, tb, 300, 40, 300, 1, 0, threads: 1, nanC: true);
         }
     }
 }

@@ -12,12 +12,12 @@ public sealed unsafe partial class CpuBackend
         switch (c.DType)
         {
             case DType.F32:
-                ReferenceGemm.Gemm(transA, transB, m, n, k, (float)alpha, Host(a).Ptr<float>() + offsetA, lda, strideA,
-                    Host(b).Ptr<float>() + offsetB, ldb, strideB, (float)beta, Host(c).Ptr<float>() + offsetC, ldc, strideC, batch);
+                CpuGemm.Gemm(transA, transB, m, n, k, (float)alpha, Host(a).Ptr<float>() + offsetA, lda, strideA,
+                    Host(b).Ptr<float>() + offsetB, ldb, strideB, (float)beta, Host(c).Ptr<float>() + offsetC, ldc, strideC, batch, Threads);
                 break;
             case DType.F64:
-                ReferenceGemm.Gemm(transA, transB, m, n, k, alpha, Host(a).Ptr<double>() + offsetA, lda, strideA,
-                    Host(b).Ptr<double>() + offsetB, ldb, strideB, beta, Host(c).Ptr<double>() + offsetC, ldc, strideC, batch);
+                CpuGemm.Gemm(transA, transB, m, n, k, alpha, Host(a).Ptr<double>() + offsetA, lda, strideA,
+                    Host(b).Ptr<double>() + offsetB, ldb, strideB, beta, Host(c).Ptr<double>() + offsetC, ldc, strideC, batch, Threads);
                 break;
             default: throw Unsupported(c.DType);
         }

@@ -30,7 +30,10 @@ public static unsafe class CpuGemm
     internal const long SingleThreadFlopThreshold = 64L * 64 * 64;
 
     // Blocking parameters (elements). KC: depth of a packed slice; NC: width of a packed B block.
-    internal static int KcFloat = 320, NcFloat = 1024, KcDouble = 256, NcDouble = 512;
+    internal static int KcFloat = 512, NcFloat = 1024, KcDouble = 256, NcDouble = 512;
+
+    /// <summary>Rows of A packed together (a multiple of MR is used); bounds the packed A block to ~L2/2.</summary>
+    internal static int McRows = 252;
 
     /// <summary>
     /// Batched GEMM: for each i in [0, batch): C_i = alpha * op(A_i) * op(B_i) + beta * C_i, row-major,
@@ -138,6 +141,7 @@ public static unsafe class CpuGemm
     }
 
     /// <summary>Rows [i0, i1) x columns [j0, j1) of batch item bi, on the current thread.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Block<T>(ref Args<T> g, PackBuffers buf, long bi, int i0, int i1, int j0, int j1)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
@@ -155,7 +159,8 @@ public static unsafe class CpuGemm
         int nBlocks = (width + ncMax - 1) / ncMax;
         int ncStep = ((width + nBlocks - 1) / nBlocks + nr - 1) / nr * nr;
         T* bp = (T*)buf.GetB((nuint)((long)kcStep * ncStep * sizeof(T)));
-        T* ap = (T*)buf.GetA((nuint)((long)kcStep * mr * sizeof(T) + 128));
+        int mcStep = Math.Max(1, McRows / mr) * mr;
+        T* ap0 = (T*)buf.GetA((nuint)((long)PanelStride<T>(mr, kcStep) * (mcStep / mr) * sizeof(T) + 128));
         T* tile = stackalloc T[14 * 32];
         int betaMode = g.Beta == T.Zero ? 0 : g.Beta == T.One ? 1 : 2;
         T alpha = g.Alpha, beta = g.Beta;
@@ -168,10 +173,14 @@ public static unsafe class CpuGemm
                 int kc = Math.Min(kcStep, k - pc);
                 PackB(B, g.TransB, ldb, pc, kc, jc, nc, bp, nr);
                 int mode = pc == 0 ? betaMode : 1;
-                for (int ir = i0; ir < i1; ir += mr)
+                for (int ic = i0; ic < i1; ic += mcStep)
                 {
-                    int mrr = Math.Min(mr, i1 - ir);
-                    PackA(A, g.TransA, lda, ir, mrr, pc, kc, alpha, ap, mr, g.M);
+                int mc = Math.Min(mcStep, i1 - ic);
+                PackABlock(A, g.TransA, lda, ic, mc, pc, kc, alpha, ap0, mr, g.M);
+                for (int ir = ic; ir < ic + mc; ir += mr)
+                {
+                    int mrr = Math.Min(mr, ic + mc - ir);
+                    T* ap = ap0 + (ir - ic) / mr * PanelStride<T>(mr, kc);
                     T* crow = C + ir * ldc + jc;
                     for (int jr = 0; jr < nc; jr += nr)
                     {
@@ -196,6 +205,7 @@ public static unsafe class CpuGemm
                         }
                     }
                 }
+                }
             }
         }
     }
@@ -207,10 +217,52 @@ public static unsafe class CpuGemm
         else Kernel256x6x2(kc, ap, bp, c, ldc, mode, beta);
     }
 
+    /// <summary>Elements between consecutive packed A panels: MR*kc plus one vector of slack for overlapping stores.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static nint PanelStride<T>(int MR, int kc) where T : unmanaged => (nint)MR * kc + Vector512<T>.Count;
+
+    /// <summary>
+    /// Packs rows [row0, row0+mc) of op(A) x depth [p0, p0+kc) as consecutive MR-row panels (panel q at dst + q*MR*kc).
+    /// For transposed A (stored [k, m]) each stored row is read as one contiguous run across all panels, which
+    /// avoids touching kc lines at a large power-of-two stride per panel.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackABlock<T>(T* a, bool transA, nint lda, int row0, int mc, int p0, int kc, T alpha, T* dst, int MR, int m)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        nint panelStride = PanelStride<T>(MR, kc);
+        int full = mc / MR;
+        if (transA && full > 0 && Vector512.IsHardwareAccelerated && MR <= 2 * Vector512<T>.Count)
+        {
+            // Full panels whose vector reads stay inside the logical row; the rest go through PackA.
+            int readWidth = Math.Max(MR, Vector512<T>.Count);
+            int fast = full;
+            while (fast > 0 && row0 + (fast - 1) * MR + readWidth > m) fast--;
+            if (fast > 0)
+            {
+                bool scale = alpha != T.One;
+                var va = Vector512.Create(alpha);
+                for (int p = 0; p < kc; p++)
+                {
+                    T* s = a + (p0 + p) * lda + row0;
+                    T* d = dst + (nint)p * MR;
+                    for (int q = 0; q < fast; q++)
+                        CopyRun(s + q * MR, d + q * panelStride, MR, va, scale);
+                }
+            }
+            for (int q = fast; q * MR < mc; q++)
+                PackA(a, transA, lda, row0 + q * MR, Math.Min(MR, mc - q * MR), p0, kc, alpha, dst + q * panelStride, MR, m);
+            return;
+        }
+        for (int q = 0; q * MR < mc; q++)
+            PackA(a, transA, lda, row0 + q * MR, Math.Min(MR, mc - q * MR), p0, kc, alpha, dst + q * panelStride, MR, m);
+    }
+
     /// <summary>
     /// Packs rows [row0, row0+mr) x depth [p0, p0+kc) of op(A), scaled by alpha, into dst[p * MR + r]
     /// (rows mr..MR zero-filled).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackA<T>(T* a, bool transA, nint lda, int row0, int mr, int p0, int kc, T alpha, T* dst, int MR, int m)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
@@ -240,16 +292,10 @@ public static unsafe class CpuGemm
         {
             // A stored [k, m]: each depth step is a contiguous run of mr values.
             T* src = a + p0 * lda + row0;
-            if (Vector512.IsHardwareAccelerated && mr == MR && row0 + Vector512<T>.Count <= m && MR <= Vector512<T>.Count)
+            if (Vector512.IsHardwareAccelerated && mr == MR && row0 + Math.Max(MR, Vector512<T>.Count) <= m && MR <= 2 * Vector512<T>.Count)
             {
-                // Overlapping full-vector copies (the tail of each spills into the next slot, which is rewritten next).
                 var va = Vector512.Create(alpha);
-                for (int p = 0; p < kc; p++)
-                {
-                    var v = Vector512.Load(src + p * lda);
-                    if (scale) v *= va;
-                    v.Store(dst + (nint)p * MR);
-                }
+                for (int p = 0; p < kc; p++) CopyRun(src + p * lda, dst + (nint)p * MR, MR, va, scale);
                 return;
             }
             for (int p = 0; p < kc; p++)
@@ -265,9 +311,33 @@ public static unsafe class CpuGemm
     }
 
     /// <summary>
+    /// Copies MR (&lt;= 2 vectors) contiguous values, optionally scaled. With MR &lt; one vector the store spills up to
+    /// Count - MR elements past d (callers leave room or overwrite them next); reads max(MR, Count) elements.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRun<T>(T* s, T* d, int MR, Vector512<T> va, bool scale) where T : unmanaged
+    {
+        int w = Vector512<T>.Count;
+        if (MR <= w)
+        {
+            var v = Vector512.Load(s);
+            if (scale) v *= va;
+            v.Store(d);
+        }
+        else
+        {
+            Vector512<T> v0 = Vector512.Load(s), v1 = Vector512.Load(s + MR - w);
+            if (scale) { v0 *= va; v1 *= va; }
+            v0.Store(d);
+            v1.Store(d + MR - w);
+        }
+    }
+
+    /// <summary>
     /// NN float A packing for MR = 14: transposes 8 k-columns at a time with 8x8 shuffles
     /// (rows 0..7 and 6..13 as two overlapping 8-row groups), then a scalar tail.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackA14Float(float* a, nint lda, int row0, int p0, int kc, float alpha, bool scale, float* dst)
     {
         float* s = a + row0 * lda + p0;
@@ -317,6 +387,7 @@ public static unsafe class CpuGemm
     /// Packs depth [p0, p0+kc) x columns [col0, col0+nc) of op(B) into NR-wide panels: panel j starts at
     /// dst + j*kc and holds dst[p * NR + c] (columns past nc zero-filled).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackB<T>(T* b, bool transB, nint ldb, int p0, int kc, int col0, int nc, T* dst, int NR)
         where T : unmanaged, IFloatingPointIeee754<T>
     {

@@ -1,0 +1,46 @@
+using NUnit.Framework;
+using Repa.Runtime;
+
+namespace Repa.Tests;
+
+/// <summary>The command line: help, the smoke run, and one clear sentence with exit code 2 for bad input.</summary>
+[TestFixture]
+public class CliTests
+{
+    private static (int code, string stdout, string stderr) Run(params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = Cli.Run(args, o, e);
+        return (code, o.ToString(), e.ToString());
+    }
+
+    [Test]
+    public void HelpListsTheCommands()
+    {
+        var (code, stdout, _) = Run("--help");
+        Assert.That(code, Is.EqualTo(0));
+        Assert.That(stdout, Does.Contain("smoke").And.Contain("--threads"));
+    }
+
+    [Test]
+    public void SmokeRunTrainsAndReportsNoAllocationsAfterTheFirstStep()
+    {
+        var (code, stdout, stderr) = Run("smoke", "--steps", "3", "--threads", "1");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("step   3/3").And.Contain("GFLOP/s").And.Contain(", 0 after it."));
+    }
+
+    [TestCase(new[] { "frobnicate" }, "unknown command 'frobnicate'")]
+    [TestCase(new[] { "smoke", "--steps", "zero" }, "--steps must be an integer >= 1, got 'zero'")]
+    [TestCase(new[] { "smoke", "--steps" }, "option --steps needs a value")]
+    [TestCase(new[] { "smoke", "--bogus", "1" }, "unknown option --bogus")]
+    public void BadInputEndsInOneSentence(string[] args, string message)
+    {
+        var (code, stdout, stderr) = Run(args);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(stdout, Is.Empty);
+        Assert.That(stderr.Trim().Split('\n'), Has.Length.EqualTo(1));
+        Assert.That(stderr, Does.Contain(message));
+    }
+}
