@@ -163,4 +163,53 @@ public unsafe class GemmTests
             Check<double>(ta, tb, 300, 40, 300, 1, 0, threads: 1, nanC: true);
         }
     }
+
+    [Test]
+    public void SteadyStateCalls_DoNotAllocate()
+    {
+        const int m = 200, n = 160, k = 150;
+        var a = new float[m * k]; var b = new float[k * n]; var c = new float[m * n];
+        var ad = new double[m * k]; var bd = new double[k * n]; var cd = new double[m * n];
+        fixed (float* pa = a, pb = b, pc = c)
+        fixed (double* pad = ad, pbd = bd, pcd = cd)
+        {
+            static void Call(float* pa, float* pb, float* pc, double* pad, double* pbd, double* pcd)
+            {
+                for (int t = 1; t <= 2; t++)
+                    foreach (var (ta, tb) in Transposes)
+                    {
+                        CpuGemm.Gemm(ta, tb, m, n, k, 1f, pa, ta ? m : k, 0, pb, tb ? k : n, 0, 0f, pc, n, 0, 1, t);
+                        CpuGemm.Gemm(ta, tb, m, n, k, 1.0, pad, ta ? m : k, 0, pbd, tb ? k : n, 0, 0.0, pcd, n, 0, 1, t);
+                    }
+            }
+            for (int i = 0; i < 3; i++) Call(pa, pb, pc, pad, pbd, pcd); // warm-up: JIT, worker thread, packing buffers
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            for (int i = 0; i < 5; i++) Call(pa, pb, pc, pad, pbd, pcd);
+            long after = GC.GetTotalAllocatedBytes(precise: true);
+            Assert.That(after - before, Is.LessThan(1024), "steady-state GEMM calls allocated on the managed heap");
+        }
+    }
+
+    /// <summary>Many back-to-back pooled calls: each must finish completely before Gemm returns.</summary>
+    [Test]
+    public void BackToBack_TwoThreadCalls_AreComplete()
+    {
+        const int m = 96, n = 160, k = 72; // above the single-thread threshold
+        var rng = new Random(5);
+        var a = new float[m * k]; var b = new float[k * n];
+        for (int i = 0; i < a.Length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1);
+        for (int i = 0; i < b.Length; i++) b[i] = (float)(rng.NextDouble() * 2 - 1);
+        var expect = new float[m * n]; var c = new float[m * n];
+        fixed (float* pa = a, pb = b, pe = expect, pc = c)
+        {
+            CpuGemm.Gemm(false, false, m, n, k, 1f, pa, k, 0, pb, n, 0, 0f, pe, n, 0, 1, 1);
+            for (int it = 0; it < 400; it++)
+            {
+                new Span<float>(c).Fill(float.NaN);
+                CpuGemm.Gemm(false, false, m, n, k, 1f, pa, k, 0, pb, n, 0, 0f, pc, n, 0, 1, 2);
+                for (int i = 0; i < c.Length; i++)
+                    if (!(Math.Abs(c[i] - expect[i]) <= 1e-4f)) Assert.Fail($"call {it}: element {i} is {c[i]}, expected {expect[i]}");
+            }
+        }
+    }
 }

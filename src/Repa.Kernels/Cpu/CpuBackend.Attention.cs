@@ -11,8 +11,8 @@ namespace Repa.Kernels.Cpu;
 /// (T = 256, H = 16, batch 256) that is 256*16*256*256*4 B = 1 GiB per layer, 28 GiB over 28 layers, whereas the
 /// recompute is one extra Q K^T product per tile (a quarter more attention FLOPs, a small fraction of a training step).
 /// <para>
-/// Work is a tile of up to <see cref="AttentionQueryTile"/> queries of one (batch, head) pair. Its scores (rows x T)
-/// live in a per-thread scratch buffer for the duration of the tile only. The tile products run on
+/// Work is a tile of queries of one (batch, head) pair (<see cref="AttentionQueryTile"/>). Its scores (rows x T) live
+/// in a per-thread scratch buffer for the duration of the tile only. The tile products run on
 /// <see cref="CpuGemm"/> single-threaded: its packing routines gather the head's q/k/v columns out of the strided qkv
 /// rows (row stride 3D) into contiguous, SIMD-friendly panels, so no separate gather pass is needed, and its register-
 /// blocked micro-kernel does the FLOPs. The forward is parallel over (pair, query tile); the backward over pairs, so
@@ -21,11 +21,21 @@ namespace Repa.Kernels.Cpu;
 /// </summary>
 public sealed unsafe partial class CpuBackend
 {
+    /// <summary>Score values per tile (rows x T): 256 KiB in fp32, so a tile and the packed K/V panels stay in L2.</summary>
+    private const int AttentionTileBudget = 1 << 16;
+
     /// <summary>
-    /// Queries per tile: 64 x T scores (64 KiB in fp32 at T = 256) stay in L2 next to the packed K/V panels, and 64 rows
-    /// give the GEMM micro-kernel enough height to amortise packing K^T and V.
+    /// Queries per tile: as many as the budget allows (all 256 at T = 256), since taller tiles amortise packing K^T and V
+    /// over more rows (at N=8, T=256, H=6, hd=64 on one thread: 64-row tiles 38 ms fwd+bwd, 128 rows 37 ms,
+    /// 256 rows 35 ms), between 32 and 256 rows, a multiple of 16. The forward halves it while there are fewer
+    /// (pair, tile) items than threads.
     /// </summary>
-    internal static int AttentionQueryTile = 64;
+    internal static int AttentionQueryTile(int tokens, long pairs = 1, int threads = 1)
+    {
+        int rows = Math.Clamp(AttentionTileBudget / Math.Max(tokens, 1) / 16 * 16, 32, 256);
+        while (rows > 32 && pairs * ((tokens + rows - 1) / rows) < threads) rows = Math.Max(32, rows / 2 / 16 * 16);
+        return Math.Max(1, Math.Min(rows, tokens));
+    }
 
     /// <summary>FLOPs below which splitting over threads costs more than it saves.</summary>
     private const long AttentionGrainFlops = 1L << 19;
@@ -92,18 +102,19 @@ public sealed unsafe partial class CpuBackend
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int d = heads * headDim, ld = 3 * d;
-        int tiles = (tokens + AttentionQueryTile - 1) / AttentionQueryTile;
         long pairs = (long)batch * heads;
-        long tileFlops = 4L * Math.Min(tokens, AttentionQueryTile) * tokens * headDim;
+        int tile = AttentionQueryTile(tokens, pairs, Threads);
+        int tiles = (tokens + tile - 1) / tile;
+        long tileFlops = 4L * tile * tokens * headDim;
         // Items are (pair, tile) in pair-major order, so a worker's contiguous range reuses the same K/V from cache.
         CpuParallel.For(pairs * tiles, Math.Max(1, AttentionGrainFlops / Math.Max(tileFlops, 1)), Threads, (start, end) =>
         {
-            T* s = AttentionScratch.Get<T>((long)AttentionQueryTile * tokens);
+            T* s = AttentionScratch.Get<T>((long)tile * tokens);
             for (long item = start; item < end; item++)
             {
                 long pair = item / tiles;
                 int n = (int)(pair / heads), h = (int)(pair % heads);
-                int i0 = (int)(item % tiles) * AttentionQueryTile, rows = Math.Min(AttentionQueryTile, tokens - i0);
+                int i0 = (int)(item % tiles) * tile, rows = Math.Min(tile, tokens - i0);
                 T* head = qkv + (long)n * tokens * ld + (long)h * headDim;
                 T* q = head + (long)i0 * ld, k = head + d, v = head + 2 * d;
 
@@ -132,21 +143,22 @@ public sealed unsafe partial class CpuBackend
     {
         int d = heads * headDim, ld = 3 * d;
         long pairs = (long)batch * heads;
+        int tile = AttentionQueryTile(tokens);
         long pairFlops = 10L * tokens * tokens * headDim; // recompute S + four products
         // One worker per (batch, head) pair: it alone writes that pair's dQ/dK/dV columns of dQkv, so no races.
         CpuParallel.For(pairs, Math.Max(1, AttentionGrainFlops / Math.Max(pairFlops, 1)), Threads, (start, end) =>
         {
-            T* p = AttentionScratch.Get<T>(2L * AttentionQueryTile * tokens);
-            T* ds = p + (long)AttentionQueryTile * tokens;
+            T* p = AttentionScratch.Get<T>(2L * tile * tokens);
+            T* ds = p + (long)tile * tokens;
             for (long pair = start; pair < end; pair++)
             {
                 int n = (int)(pair / heads), h = (int)(pair % heads);
                 long headOffset = (long)n * tokens * ld + (long)h * headDim;
                 T* q0 = qkv + headOffset, k = q0 + d, v = q0 + 2 * d;
                 T* dq0 = dQkv + headOffset, dk = dq0 + d, dv = dq0 + 2 * d;
-                for (int i0 = 0; i0 < tokens; i0 += AttentionQueryTile)
+                for (int i0 = 0; i0 < tokens; i0 += tile)
                 {
-                    int rows = Math.Min(AttentionQueryTile, tokens - i0);
+                    int rows = Math.Min(tile, tokens - i0);
                     T* q = q0 + (long)i0 * ld, dq = dq0 + (long)i0 * ld;
                     long outOffset = ((long)n * tokens + i0) * d + (long)h * headDim;
                     T* o = output + outOffset, dO = dOutput + outOffset;

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -33,7 +34,16 @@ public static unsafe class CpuGemm
     internal static int KcFloat = 512, NcFloat = 1024, KcDouble = 256, NcDouble = 512;
 
     /// <summary>Rows of A packed together (a multiple of MR is used); bounds the packed A block to ~L2/2.</summary>
-    internal static int McRows = 252;
+    internal static int McRows = 252, McRowsNN = 14;
+
+    /// <summary>Upper bound on a packed A block (bytes) for transposed A.</summary>
+    internal static long ABlockBytes = 512 << 10;
+
+    /// <summary>Software prefetch distance (stored rows) when packing transposed A; 0 disables.</summary>
+    internal static int PrefetchRowsAhead = 12;
+
+    /// <summary>Upper bound on the packed B block (bytes) used to deepen KC for narrow N; 0 keeps KC fixed.</summary>
+    internal static long BBlockBytes = 1 << 20;
 
     /// <summary>
     /// Batched GEMM: for each i in [0, batch): C_i = alpha * op(A_i) * op(B_i) + beta * C_i, row-major,
@@ -152,14 +162,20 @@ public static unsafe class CpuGemm
         int kcMax = typeof(T) == typeof(float) ? KcFloat : KcDouble;
         int ncMax = typeof(T) == typeof(float) ? NcFloat : NcDouble;
         ncMax = Math.Max(nr, ncMax / nr * nr);
-        // Balance the slices: e.g. k = 300 with KC = 256 gives two slices of 150 rather than 256 + 44.
-        int kBlocks = (k + kcMax - 1) / kcMax;
-        int kcStep = (k + kBlocks - 1) / kBlocks;
         int width = j1 - j0;
         int nBlocks = (width + ncMax - 1) / ncMax;
         int ncStep = ((width + nBlocks - 1) / nBlocks + nr - 1) / nr * nr;
+        // Narrow B blocks: deepen the slice while the packed block stays within BBlockBytes (fewer passes over C,
+        // fewer A re-packs per flop). E.g. N = 128 packs all of K = 2048 at once.
+        if (BBlockBytes > 0) kcMax = Math.Max(kcMax, (int)Math.Min(int.MaxValue, BBlockBytes / ((long)ncStep * sizeof(T))));
+        // Balance the slices: e.g. k = 600 with KC = 512 gives two slices of 300 rather than 512 + 88.
+        int kBlocks = (k + kcMax - 1) / kcMax;
+        int kcStep = (k + kBlocks - 1) / kBlocks;
         T* bp = (T*)buf.GetB((nuint)((long)kcStep * ncStep * sizeof(T)));
-        int mcStep = Math.Max(1, McRows / mr) * mr;
+        // Rows packed per A block: one panel at a time for A stored [m, k] (the panel stays hot in L1); for
+        // A stored [k, m] a block of panels so each stored row is read as one long contiguous run, bounded in bytes.
+        int mcRows = g.TransA ? (int)Math.Clamp(ABlockBytes / ((long)kcStep * sizeof(T)), mr, McRows) : McRowsNN;
+        int mcStep = Math.Max(1, mcRows / mr) * mr;
         T* ap0 = (T*)buf.GetA((nuint)((long)PanelStride<T>(mr, kcStep) * (mcStep / mr) * sizeof(T) + 128));
         T* tile = stackalloc T[14 * 32];
         int betaMode = g.Beta == T.Zero ? 0 : g.Beta == T.One ? 1 : 2;
@@ -242,10 +258,17 @@ public static unsafe class CpuGemm
             {
                 bool scale = alpha != T.One;
                 var va = Vector512.Create(alpha);
+                int runBytes = fast * MR * sizeof(T);
                 for (int p = 0; p < kc; p++)
                 {
                     T* s = a + (p0 + p) * lda + row0;
                     T* d = dst + (nint)p * MR;
+                    if (PrefetchRowsAhead > 0 && Sse.IsSupported && p + PrefetchRowsAhead < kc)
+                    {
+                        // Rows are far apart (lda stride), so the hardware prefetchers do not follow; ask explicitly.
+                        byte* ahead = (byte*)(s + PrefetchRowsAhead * lda);
+                        for (int off = 0; off < runBytes; off += 64) Sse.Prefetch0(ahead + off);
+                    }
                     for (int q = 0; q < fast; q++)
                         CopyRun(s + q * MR, d + q * panelStride, MR, va, scale);
                 }
@@ -687,7 +710,15 @@ internal static unsafe class GemmPool
             Exception? mine = null;
             try { fn(0, parts, arg); }
             catch (Exception e) { mine = e; }
-            if (Volatile.Read(ref s_pending) != 0) Done.Wait();
+            // Wait on Done, never on s_pending alone: the last worker touches Done after its decrement, so returning on
+            // s_pending == 0 could let that late Set() leak into the next call (which would then return early).
+            if (!Done.IsSet)
+            {
+                // Parts are balanced, so the others are usually microseconds away: spin briefly before blocking.
+                long until = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 2000; // 0.5 ms
+                while (!Done.IsSet && Stopwatch.GetTimestamp() < until) Thread.SpinWait(16);
+                Done.Wait();
+            }
             if (mine != null) throw mine;
             if (s_error != null) throw new AggregateException("A GEMM worker failed.", s_error);
         }
@@ -716,6 +747,10 @@ internal static unsafe class GemmPool
     {
         while (true)
         {
+            // Back-to-back GEMM calls (layer after layer) come quickly: spin a little before sleeping, since a
+            // futex wake-up in a VM can cost tens of microseconds.
+            long until = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 5000; // 0.2 ms
+            while (w.Go.CurrentCount == 0 && Stopwatch.GetTimestamp() < until) Thread.SpinWait(16);
             w.Go.Wait();
             try { s_fn(w.Part, s_parts, s_arg); }
             catch (Exception e) { s_error = e; }

@@ -28,8 +28,12 @@ public class AttentionOpChecks
         yield return new OpCase("Attention", "N2 T17 H1 hd64", x => Attention(x[0], 1), Qkv(2, 17, 1, 64));
         yield return new OpCase("Attention", "N1 T5 H2 hd64", x => Attention(x[0], 2), Qkv(1, 5, 2, 64));
         yield return new OpCase("Attention", "N2 T17 H2 hd4 scale 0.9", x => Attention(x[0], 2, 0.9), Qkv(2, 17, 2, 4));
-        // Two query tiles (64 + 6) and rows that cross every SIMD width.
-        yield return new OpCase("Attention", "N1 T70 H2 hd33 two query tiles", x => Attention(x[0], 2), Qkv(1, 70, 2, 33));
+        // Rows that cross every SIMD width and GEMM register block.
+        yield return new OpCase("Attention", "N1 T70 H2 hd33", x => Attention(x[0], 2), Qkv(1, 70, 2, 33));
+        // Two query tiles (240 + 17 rows), so dK/dV accumulate over tiles.
+        yield return new OpCase("Attention", "N1 T257 H1 hd3 two query tiles", x => Attention(x[0], 1), Qkv(1, 257, 1, 3));
+        // One pair: with several threads the forward splits its 64 queries into smaller tiles.
+        yield return new OpCase("Attention", "N1 T64 H1 hd8 one pair", x => Attention(x[0], 1), Qkv(1, 64, 1, 8));
         // Logits around 100: exp overflows fp32 (max ~88.7) unless the row max is subtracted; the softmax is still soft
         // because the spread between keys is moderate. fp32 logits of that size carry ~1e-5 absolute error.
         yield return new OpCase("Attention", "N2 T17 H2 hd16 large logits", x => Attention(x[0], 2), Qkv(2, 17, 2, 16) with { Offset = 5 })
@@ -106,6 +110,7 @@ public class AttentionOpChecks
     [Category("Equivalence")]
     [TestCase(2, 5, 3, 4, null)]
     [TestCase(1, 70, 2, 64, null)]
+    [TestCase(2, 257, 2, 9, null)]
     [TestCase(2, 17, 2, 7, 0.5)]
     [TestCase(3, 1, 1, 1, null)]
     public void MatchesComposedAttention(int n, int t, int h, int hd, double? scale)
@@ -152,6 +157,20 @@ public class AttentionOpChecks
             }
             Assert.That(got[(b * h + head) * t + i], Is.EqualTo(Math.Log(sum)).Within(1e-12), $"lse[{b},{head},{i}]");
         }
+    }
+
+    [Test]
+    public void QueryTilesFitTheScoreBudget()
+    {
+        Assert.That(CpuBackend.AttentionQueryTile(256), Is.EqualTo(256));
+        Assert.That(CpuBackend.AttentionQueryTile(257), Is.EqualTo(240));
+        Assert.That(CpuBackend.AttentionQueryTile(1024), Is.EqualTo(64));
+        Assert.That(CpuBackend.AttentionQueryTile(5), Is.EqualTo(5));
+        Assert.That(CpuBackend.AttentionQueryTile(1 << 20), Is.EqualTo(32));
+        // Fewer (pair, tile) items than threads: the forward's tiles shrink (to 32 rows at most).
+        Assert.That(CpuBackend.AttentionQueryTile(256, pairs: 1, threads: 4), Is.EqualTo(64));
+        Assert.That(CpuBackend.AttentionQueryTile(256, pairs: 1, threads: 64), Is.EqualTo(32));
+        Assert.That(CpuBackend.AttentionQueryTile(256, pairs: 48, threads: 16), Is.EqualTo(256));
     }
 
     [Test]
