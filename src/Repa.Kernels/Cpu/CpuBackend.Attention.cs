@@ -217,7 +217,7 @@ public sealed unsafe partial class CpuBackend
             var vs = Vector512.Create(shift);
             for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
             {
-                var e = Exp(Vector512.Load(x + i) - vs);
+                var e = FastMath.Exp(Vector512.Load(x + i) - vs);
                 e.Store(x + i);
                 acc += e;
             }
@@ -229,7 +229,7 @@ public sealed unsafe partial class CpuBackend
             var vs = Vector256.Create(shift);
             for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
             {
-                var e = Exp(Vector256.Load(x + i) - vs);
+                var e = FastMath.Exp(Vector256.Load(x + i) - vs);
                 e.Store(x + i);
                 acc += e;
             }
@@ -242,45 +242,6 @@ public sealed unsafe partial class CpuBackend
             total += e;
         }
         return total;
-    }
-
-    // Cephes expf constants: ln 2 split in two for an exact n*ln2, and the minimax polynomial of exp on [-ln2/2, ln2/2].
-    private const float ExpHi = 88.3762626647949f, ExpLo = -87.3365447504f, Log2E = 1.44269504088896341f;
-    private const float Ln2Hi = 0.693359375f, Ln2Lo = -2.12194440e-4f;
-    private const float P0 = 1.9875691500E-4f, P1 = 1.3981999507E-3f, P2 = 8.3334519073E-3f, P3 = 4.1665795894E-2f,
-        P4 = 1.6666665459E-1f, P5 = 5.0000001201E-1f;
-
-    private static Vector512<float> Exp(Vector512<float> x)
-    {
-        // The clamp keeps 2^n a normal float; exponents below -87.3 (weights < 1e-38) become 1e-38 instead of 0.
-        x = Vector512.Min(Vector512.Max(x, Vector512.Create(ExpLo)), Vector512.Create(ExpHi));
-        var n = Vector512.Round(x * Log2E);
-        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), x);
-        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
-        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
-        p = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
-        var pow2 = Vector512.ShiftLeft(Vector512.ConvertToInt32(n) + Vector512.Create(127), 23).AsSingle();
-        return p * pow2;
-    }
-
-    private static Vector256<float> Exp(Vector256<float> x)
-    {
-        x = Vector256.Min(Vector256.Max(x, Vector256.Create(ExpLo)), Vector256.Create(ExpHi));
-        var n = Vector256.Round(x * Log2E);
-        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), x);
-        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
-        var p = Vector256.FusedMultiplyAdd(Vector256.Create(P0), r, Vector256.Create(P1));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P2));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P3));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P4));
-        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P5));
-        p = Vector256.FusedMultiplyAdd(p, r * r, r + Vector256<float>.One);
-        var pow2 = Vector256.ShiftLeft(Vector256.ConvertToInt32(n) + Vector256.Create(127), 23).AsSingle();
-        return p * pow2;
     }
 
     /// <summary>

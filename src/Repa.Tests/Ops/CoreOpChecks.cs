@@ -22,6 +22,8 @@ public class CoreOpChecks
         yield return new OpCase("Mul", "scalar-like [6,5]*[1]", x => Mul(x[0], x[1]), Input.Random(6, 5), Input.Random(1));
         yield return new OpCase("Scale", "[3,7] * -1.7", x => Scale(x[0], -1.7), Input.Random(3, 7));
         yield return new OpCase("Gelu", "[3,37] wide range", x => Gelu(x[0]), Input.Random(3, 37) with { Scale = 4 });
+        yield return new OpCase("Gelu", "[2,41] saturating tails", x => Gelu(x[0]), Input.Random(2, 41) with { Scale = 30 });
+        yield return new OpCase("Silu", "[2,41] saturating tails", x => Silu(x[0]), Input.Random(2, 41) with { Scale = 100 });
         yield return new OpCase("Silu", "[1,4099] crosses a chunk", x => Silu(x[0]), Input.Random(1, 4099) with { Scale = 6 });
         yield return new OpCase("Reshape", "[2,3,5]->[6,5]", x => Mul(Reshape(x[0], 6, -1), x[1]), Input.Random(2, 3, 5), Input.Random(6, 5));
         yield return new OpCase("Permute", "[2,3,4,5] (2,0,3,1)", x => Permute(x[0], 2, 0, 3, 1), Input.Random(2, 3, 4, 5));
