@@ -44,6 +44,11 @@ public static class OpCheck
             : i.Values ?? Enumerable.Range(0, (int)Shapes.Count(i.Shape)).Select(_ => i.Offset + i.Scale * (2 * rng.NextDouble() - 1)).ToArray()).ToArray();
     }
 
+    /// <summary>A float tensor of the given values in <paramref name="dtype"/> (float32 values are rounded once).</summary>
+    public static Tensor Make(DType dtype, double[] values, params int[] shape) => dtype == DType.F64
+        ? Tensor.FromArray(Backend, values, shape)
+        : Tensor.FromArray(Backend, values.Select(v => (float)v).ToArray(), shape);
+
     private static Tensor[] Make(Input[] inputs, double[][] values, DType dtype)
     {
         var result = new Tensor[inputs.Length];
@@ -52,9 +57,7 @@ public static class OpCheck
             var spec = inputs[i];
             result[i] = spec.Ints != null
                 ? Tensor.FromArray(Backend, spec.Ints, spec.Shape)
-                : dtype == DType.F64
-                    ? Tensor.FromArray(Backend, values[i], spec.Shape)
-                    : Tensor.FromArray(Backend, values[i].Select(v => (float)v).ToArray(), spec.Shape);
+                : Make(dtype, values[i], spec.Shape);
             result[i].RequiresGrad = spec.Differentiable;
             result[i].Name = $"input{i}";
         }

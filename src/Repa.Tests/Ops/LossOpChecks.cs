@@ -48,9 +48,7 @@ public class LossOpChecks
 
     private static IBackend Be => OpCheck.Backend;
 
-    private static Tensor Make(DType dtype, double[] values, params int[] shape) => dtype == DType.F64
-        ? Tensor.FromArray(Be, values, shape)
-        : Tensor.FromArray(Be, values.Select(v => (float)v).ToArray(), shape);
+    private static Tensor Make(DType dtype, double[] values, params int[] shape) => OpCheck.Make(dtype, values, shape);
 
     [Test, Category("Equivalence")]
     public void MseOfKnownArrays([Values(DType.F32, DType.F64)] DType dtype)
