@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
-dotnet build src/Repa.Runtime -c Release --nologo -v quiet -clp:ErrorsOnly
+# Quiet on success; the full build log when it fails.
+if ! log=$(dotnet build src/Repa.Runtime -c Release --nologo -v quiet 2>&1); then
+  echo "$log" >&2
+  echo "run.sh: the build failed (see above)." >&2
+  exit 1
+fi
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(smoke)
 exec dotnet src/Repa.Runtime/bin/Release/net10.0/Repa.Runtime.dll "${args[@]}"

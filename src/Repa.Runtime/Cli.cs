@@ -15,8 +15,8 @@ public static class Cli
 
         Commands:
           smoke [--threads N] [--steps N]
-                     Checks the engine on this machine: runs forward and backward of a two-layer GELU MLP on the CPU
-                     backend, prints loss, gradient norm, time per step and GEMM GFLOP/s.
+                     Checks the engine on this machine: trains a two-layer GELU MLP with plain SGD on the CPU backend
+                     (forward, backward, update), printing loss, gradient norm, time per step and GFLOP/s.
           --help     Prints this text.
 
         Options:
@@ -61,6 +61,7 @@ public static class Cli
     {
         int threads = options.Int("--threads", Environment.ProcessorCount, min: 1);
         int steps = options.Int("--steps", 20, min: 1);
+        const double learningRate = 0.5;
         options.RejectUnknown();
         using var backend = new CpuBackend(threads);
         stdout.WriteLine($"device: {backend.Description}");
@@ -74,6 +75,7 @@ public static class Cli
         double flopsPerStep = 3 * 2.0 * 2 * rows * dim * hidden; // two GEMMs forward, twice that backward
         var times = new List<double>();
         long allocationsAfterFirst = 0;
+        double firstLoss = 0, lastLoss = 0;
         using var tape = new Tape();
         for (int step = 1; step <= steps; step++)
         {
@@ -85,7 +87,10 @@ public static class Cli
             var loss = Ops.Mean(Ops.Mul(y, y));
             tape.Backward(loss);
             double lossValue = loss.Item();
+            if (step == 1) firstLoss = lossValue;
+            lastLoss = lossValue;
             double gradNorm = Math.Sqrt(w1.Grad!.ToDoubleArray().Sum(v => v * v) + w2.Grad!.ToDoubleArray().Sum(v => v * v));
+            foreach (var w in new[] { w1, w2 }) backend.Axpby(w.Grad!.Buffer, w.Buffer, w.Count, -learningRate, 1); // SGD
             double seconds = sw.Elapsed.TotalSeconds;
             times.Add(seconds);
             if (step == 1) allocationsAfterFirst = backend.AllocationCount;
@@ -93,7 +98,7 @@ public static class Cli
         }
         times.Sort();
         double median = times[times.Count / 2];
-        stdout.WriteLine($"smoke: median step {median * 1e3:F1} ms, {flopsPerStep / median / 1e9:F1} GFLOP/s on {threads} thread(s); " +
+        stdout.WriteLine($"smoke: loss {firstLoss:F6} -> {lastLoss:F6}; median step {median * 1e3:F1} ms, {flopsPerStep / median / 1e9:F1} GFLOP/s on {threads} thread(s); " +
                          $"buffers allocated: {allocationsAfterFirst} by the first step, {backend.AllocationCount - allocationsAfterFirst} after it.");
     }
 }

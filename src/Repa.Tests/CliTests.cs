@@ -24,11 +24,14 @@ public class CliTests
     }
 
     [Test]
-    public void SmokeRunTrainsAndReportsNoAllocationsAfterTheFirstStep()
+    public void SmokeRunLowersTheLossAndAllocatesNothingAfterTheFirstStep()
     {
         var (code, stdout, stderr) = Run("smoke", "--steps", "3", "--threads", "1");
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("step   3/3").And.Contain("GFLOP/s").And.Contain(", 0 after it."));
+        var m = System.Text.RegularExpressions.Regex.Match(stdout, @"smoke: loss ([0-9.]+) -> ([0-9.]+)");
+        Assert.That(m.Success, Is.True, stdout);
+        Assert.That(double.Parse(m.Groups[2].Value), Is.LessThan(double.Parse(m.Groups[1].Value)), "SGD should lower the loss");
     }
 
     [TestCase(new[] { "frobnicate" }, "unknown command 'frobnicate'")]
