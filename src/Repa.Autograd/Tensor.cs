@@ -137,10 +137,17 @@ public sealed class Tensor : IDisposable
         return t;
     }
 
+    /// <summary>Takes this tensor off the current tape (if any), so it outlives the tape's reset: loaded data, weights.</summary>
+    public Tensor Persistent()
+    {
+        Tape.Current?.Disown(this);
+        return this;
+    }
+
     /// <summary>Turns this tensor into a trainable parameter: a leaf that requires grad and belongs to no tape.</summary>
     public Tensor AsParameter(string? name = null)
     {
-        Tape.Current?.Disown(this);
+        Persistent();
         RequiresGrad = true;
         Name = name ?? Name;
         return this;
