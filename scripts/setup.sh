@@ -7,3 +7,5 @@ if ! command -v dotnet >/dev/null 2>&1; then
   exit 1
 fi
 dotnet restore Repa.sln --nologo -v quiet
+# The default training data (Debian's dataset-fashion-mnist); the data tests and `train` use it.
+bash scripts/install-data.sh

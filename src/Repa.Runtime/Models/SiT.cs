@@ -1,0 +1,142 @@
+using Repa.Autograd;
+using Repa.Kernels;
+
+namespace Repa.Runtime.Models;
+
+/// <summary>
+/// REPA's SiT (models/sit.py): patch embedding + frozen 2-D sin-cos positions, timestep and label embedders, adaLN-Zero
+/// transformer blocks, per-encoder projector MLPs read after block <see cref="SiTConfig.EncoderDepth"/>, and the adaLN
+/// final layer with unpatchify. Tensor names, shapes, state_dict order and initialisation follow the reference, so a
+/// <see cref="Module.StateDict"/> loads into PyTorch's model and back.
+/// </summary>
+/// <remarks>
+/// state_dict order is PyTorch's: the model's own parameter pos_embed first, then the submodules in registration order
+/// (x_embedder, t_embedder, y_embedder, blocks, projectors, final_layer; inside final_layer linear precedes
+/// adaLN_modulation). The final layer uses hidden_size; the reference builds it from decoder_hidden_size, which its
+/// S presets leave at 768 (a shape error for hidden 384 there), and equals hidden_size for B/L/XL.
+/// </remarks>
+public sealed class SiT : Module
+{
+    private sealed record Block(Tensor QkvW, Tensor QkvB, Tensor ProjW, Tensor ProjB, Tensor Fc1W, Tensor Fc1B, Tensor Fc2W, Tensor Fc2B,
+        Tensor AdaW, Tensor AdaB);
+
+    private sealed record Projector(Tensor W0, Tensor B0, Tensor W2, Tensor B2, Tensor W4, Tensor B4);
+
+    private readonly Tensor posEmbed, xW, xB, t0W, t0B, t2W, t2B, labelTable, finalW, finalB, finalAdaW, finalAdaB;
+    private readonly Block[] blocks;
+    private readonly Projector[] projectors;
+
+    public SiT(IBackend backend, DType dtype, SiTConfig config, ulong seed) : base(backend, dtype, seed)
+    {
+        Config = (config ?? throw new ArgumentNullException(nameof(config))).Validate();
+        if (config.QkNorm)
+            throw new NotSupportedException($"{config.Name}: qk_norm is not implemented yet; build the model with QkNorm = false.");
+        int d = config.HiddenSize, c = config.InChannels, p = config.PatchSize, g = config.GridSize, f = SiTConfig.FrequencyEmbeddingSize;
+        var xavier = Init.XavierUniform;
+        var zero = Init.Zeros;
+
+        posEmbed = Frozen("pos_embed", [1, g * g, d], Ops.SinCos2D(d, g, g));
+        xW = Parameter("x_embedder.proj.weight", [d, c, p, p], xavier); // bound of its [D, C*p*p] view
+        xB = Parameter("x_embedder.proj.bias", [d], zero);
+        t0W = Parameter("t_embedder.mlp.0.weight", [d, f], Init.Normal(0.02));
+        t0B = Parameter("t_embedder.mlp.0.bias", [d], zero);
+        t2W = Parameter("t_embedder.mlp.2.weight", [d, d], Init.Normal(0.02));
+        t2B = Parameter("t_embedder.mlp.2.bias", [d], zero);
+        labelTable = Parameter("y_embedder.embedding_table.weight", [config.NumClasses + 1, d], Init.Normal(0.02));
+
+        blocks = new Block[config.Depth];
+        for (int i = 0; i < config.Depth; i++)
+        {
+            string b = $"blocks.{i}.";
+            int h = config.MlpHidden;
+            blocks[i] = new Block(
+                Parameter(b + "attn.qkv.weight", [3 * d, d], xavier), // one [3D, D] matrix, as the reference
+                Parameter(b + "attn.qkv.bias", [3 * d], zero),
+                Parameter(b + "attn.proj.weight", [d, d], xavier),
+                Parameter(b + "attn.proj.bias", [d], zero),
+                Parameter(b + "mlp.fc1.weight", [h, d], xavier),
+                Parameter(b + "mlp.fc1.bias", [h], zero),
+                Parameter(b + "mlp.fc2.weight", [d, h], xavier),
+                Parameter(b + "mlp.fc2.bias", [d], zero),
+                Parameter(b + "adaLN_modulation.1.weight", [6 * d, d], zero), // adaLN-Zero
+                Parameter(b + "adaLN_modulation.1.bias", [6 * d], zero));
+        }
+
+        projectors = new Projector[config.ZDims.Count];
+        for (int j = 0; j < projectors.Length; j++)
+        {
+            string b = $"projectors.{j}.";
+            int w = config.ProjectorDim, z = config.ZDims[j];
+            projectors[j] = new Projector(
+                Parameter(b + "0.weight", [w, d], xavier), Parameter(b + "0.bias", [w], zero),
+                Parameter(b + "2.weight", [w, w], xavier), Parameter(b + "2.bias", [w], zero),
+                Parameter(b + "4.weight", [z, w], xavier), Parameter(b + "4.bias", [z], zero));
+        }
+
+        // Zero final linear and final adaLN: a fresh model outputs exactly 0.
+        finalW = Parameter("final_layer.linear.weight", [p * p * c, d], zero);
+        finalB = Parameter("final_layer.linear.bias", [p * p * c], zero);
+        finalAdaW = Parameter("final_layer.adaLN_modulation.1.weight", [2 * d, d], zero);
+        finalAdaB = Parameter("final_layer.adaLN_modulation.1.bias", [2 * d], zero);
+    }
+
+    public SiTConfig Config { get; }
+
+    /// <summary>
+    /// The velocity prediction [N, C, H, W] for inputs x [N, C, H, W] (H = W = input_size), times t [N] (raw, in [0, 1])
+    /// and labels y [N] int32 in 0..num_classes (num_classes is the null class; label dropout is the caller's job),
+    /// plus one projection [N, T, z_j] per projector of the residual stream after block encoder_depth.
+    /// </summary>
+    public (Tensor Output, Tensor[] Projections) Forward(Tensor x, Tensor t, Tensor y)
+    {
+        var cfg = Config;
+        int g = cfg.GridSize;
+        Validate(x, t, y);
+
+        var h = Ops.Add(Ops.PatchEmbed(x, xW, xB), posEmbed); // [N, T, D] + [1, T, D]
+        var tEmb = Ops.Linear(Ops.Silu(Ops.Linear(Ops.TimestepEmbedding(t, SiTConfig.FrequencyEmbeddingSize), t0W, t0B)), t2W, t2B);
+        var c = Ops.Add(tEmb, Ops.Embedding(labelTable, y)); // [N, D]
+        // Every adaLN_modulation starts with SiLU(c): the same value, computed once.
+        var cAct = Ops.Silu(c);
+
+        Tensor[] projections = [];
+        for (int i = 0; i < blocks.Length; i++)
+        {
+            var blk = blocks[i];
+            var mod = Ops.Chunk(Ops.Linear(cAct, blk.AdaW, blk.AdaB), 6, 1);
+            // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
+            var a = Ops.LayerNormModulate(h, mod[0], mod[1], 1e-6);
+            var attn = Ops.Linear(Ops.Attention(Ops.Linear(a, blk.QkvW, blk.QkvB), cfg.NumHeads), blk.ProjW, blk.ProjB);
+            h = Ops.GatedResidual(h, mod[2], attn);
+            var m = Ops.LayerNormModulate(h, mod[3], mod[4], 1e-6);
+            var mlp = Ops.Linear(Ops.Gelu(Ops.Linear(m, blk.Fc1W, blk.Fc1B)), blk.Fc2W, blk.Fc2B);
+            h = Ops.GatedResidual(h, mod[5], mlp);
+            if (i + 1 == cfg.EncoderDepth)
+                projections = projectors.Select(pr => Project(pr, h)).ToArray();
+        }
+
+        var fm = Ops.Chunk(Ops.Linear(cAct, finalAdaW, finalAdaB), 2, 1); // shift, scale
+        var tokens = Ops.Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C]
+        var output = Ops.Unpatchify(tokens, cfg.InChannels, cfg.PatchSize, g, g);
+        return (output, projections);
+    }
+
+    /// <summary>Linear(D, W) -> SiLU -> Linear(W, W) -> SiLU -> Linear(W, z), per token: [N, T, D] -> [N, T, z].</summary>
+    private static Tensor Project(Projector p, Tensor h) =>
+        Ops.Linear(Ops.Silu(Ops.Linear(Ops.Silu(Ops.Linear(h, p.W0, p.B0)), p.W2, p.B2)), p.W4, p.B4);
+
+    private void Validate(Tensor x, Tensor t, Tensor y)
+    {
+        var cfg = Config;
+        const string op = "SiT.forward";
+        if (x.Rank != 4 || x.Shape[1] != cfg.InChannels || x.Shape[2] != cfg.InputSize || x.Shape[3] != cfg.InputSize)
+            throw new ShapeMismatchException($"{op}: x {x.Describe()} must be [N, {cfg.InChannels}, {cfg.InputSize}, {cfg.InputSize}] for {cfg.Name}.");
+        if (x.DType != DType || x.Backend != Backend)
+            throw new ShapeMismatchException($"{op}: x {x.Describe()} must be {DType.Name()} on {Backend.Name} like the model.");
+        int n = x.Shape[0];
+        if (t.Rank != 1 || t.Shape[0] != n || t.DType != DType || t.Backend != Backend)
+            throw new ShapeMismatchException($"{op}: t {t.Describe()} must be [{n}] {DType.Name()} on {Backend.Name}.");
+        if (y.Rank != 1 || y.Shape[0] != n || y.DType != DType.I32 || y.Backend != Backend)
+            throw new ShapeMismatchException($"{op}: y {y.Describe()} must be [{n}] int32 on {Backend.Name}.");
+    }
+}
