@@ -23,7 +23,27 @@ public static class Cli
           --threads N  CPU threads (default: all cores).
           --steps N    Steps of the smoke run (default 20).
 
-        Training (`train`), sampling (`sample`), evaluation (`eval`) and the other commands arrive with the next issues.
+          train [options]
+                     Trains SiT with REPA on the CPU (see TRAIN OPTIONS).
+
+        TRAIN OPTIONS
+          --config NAME        model preset: SiT-T/2 (default, small CPU model), SiT-S/2 ... SiT-XL/8.
+          --steps N            optimisation steps (default 200).
+          --batch N            images per step (default 32).
+          --lr X               AdamW learning rate (default 1e-4; betas 0.9/0.999, eps 1e-8, no weight decay).
+          --seed N             seed of every random draw (init, data order, t, noise, label dropout; default 0).
+          --out DIR            run folder for metrics.jsonl, checkpoint.safetensors, config.json (default runs/latest).
+          --data DIR           IDX dataset folder (default /usr/share/datasets/fashion-mnist).
+          --image-size N       images are padded to N x N (default 32).
+          --encoder NAME       REPA target encoder: resnet18 (default; stage-3 features) or none.
+          --encoder-size N     encoder input size in px (default 16 x the model's patch grid, so grids match).
+          --encoder-depth N    block after which the projector taps the residual stream (default: the preset's).
+          --proj-coeff X       REPA loss weight lambda (default 0.5; 0 = vanilla SiT).
+          --path linear|cosine interpolant (default linear).
+          --device auto|cpu    compute device (default auto = cpu; GPU backends arrive with later issues).
+          --threads N          CPU threads (default: all cores).
+
+        Sampling (`sample`), evaluation (`eval`) and the other commands arrive with the next issues.
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -41,6 +61,8 @@ public static class Cli
                 case "smoke":
                     Smoke(options, stdout);
                     return 0;
+                case "train":
+                    return TrainCommand.Run(options, stdout);
                 default:
                     throw new UsageException($"unknown command '{args[0]}'; run `Repa.Runtime --help` for the list of commands.");
             }
@@ -50,7 +72,8 @@ public static class Cli
             stderr.WriteLine($"error: {e.Message}");
             return 2;
         }
-        catch (ShapeMismatchException e)
+        catch (Exception e) when (e is ShapeMismatchException or ArgumentException or InvalidDataException or FileNotFoundException
+                                       or DirectoryNotFoundException or NotSupportedException or InvalidOperationException)
         {
             stderr.WriteLine($"error: {e.Message}");
             return 2;
@@ -132,6 +155,24 @@ public sealed class Options
         if (!int.TryParse(text, out int v) || v < min)
             throw new UsageException($"{flag} must be an integer >= {min}, got '{text}'.");
         return v;
+    }
+
+    public double Double(string flag, double fallback, double min = double.MinValue)
+    {
+        used.Add(flag);
+        if (!values.TryGetValue(flag, out var text)) return fallback;
+        if (!double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) || !double.IsFinite(v) || v < min)
+            throw new UsageException($"{flag} must be a number >= {min}, got '{text}'.");
+        return v;
+    }
+
+    public string String(string flag, string fallback, params string[] allowed)
+    {
+        used.Add(flag);
+        if (!values.TryGetValue(flag, out var text)) return fallback;
+        if (allowed.Length > 0 && !allowed.Contains(text))
+            throw new UsageException($"{flag} must be one of {string.Join(", ", allowed)}, got '{text}'.");
+        return text;
     }
 
     public void RejectUnknown()

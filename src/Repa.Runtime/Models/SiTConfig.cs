@@ -77,7 +77,7 @@ public sealed record SiTConfig
     public static IReadOnlyList<string> PresetNames { get; } =
     [
         "SiT-S/2", "SiT-S/4", "SiT-S/8", "SiT-B/2", "SiT-B/4", "SiT-B/8",
-        "SiT-L/2", "SiT-L/4", "SiT-L/8", "SiT-XL/2", "SiT-XL/4", "SiT-XL/8", "SiT-T/2",
+        "SiT-L/2", "SiT-L/4", "SiT-L/8", "SiT-XL/2", "SiT-XL/4", "SiT-XL/8", "SiT-T/2", "SiT-T/4",
     ];
 
     /// <summary>
@@ -88,6 +88,7 @@ public sealed record SiTConfig
     public static SiTConfig Preset(string name)
     {
         if (name == "SiT-T/2") return Tiny;
+        if (name == "SiT-T/4") return Tiny with { Name = "SiT-T/4", PatchSize = 4 };
         var parts = name.StartsWith("SiT-", StringComparison.Ordinal) ? name[4..].Split('/') : [];
         if (parts.Length != 2 || !int.TryParse(parts[1], out int patch) || patch is not (2 or 4 or 8))
             throw new ArgumentException($"Unknown SiT preset '{name}'; known: {string.Join(", ", PresetNames)}.", nameof(name));

@@ -1,0 +1,59 @@
+using Repa.Kernels.Cpu;
+using Repa.Runtime.Data;
+using Repa.Runtime.Encoders;
+using Repa.Runtime.Models;
+using Repa.Runtime.Training;
+
+namespace Repa.Runtime;
+
+/// <summary>`Repa.Runtime train`: flags -> TrainOptions -> Trainer.</summary>
+internal static class TrainCommand
+{
+    public static int Run(Options o, TextWriter stdout)
+    {
+        string model = o.String("--config", "SiT-T/2", [.. SiTConfig.PresetNames]);
+        var options = new TrainOptions
+        {
+            Model = model,
+            Steps = o.Int("--steps", 200, min: 1),
+            Batch = o.Int("--batch", 32, min: 1),
+            LearningRate = o.Double("--lr", 1e-4, min: 0),
+            Seed = (ulong)o.Int("--seed", 0, min: 0),
+            OutputFolder = o.String("--out", Path.Combine("runs", "latest")),
+            DataFolder = o.String("--data", IdxDataset.DefaultFashionMnistFolder),
+            ImageSize = o.Int("--image-size", 32, min: 1),
+            EncoderDepth = o.Int("--encoder-depth", 0, min: 1),
+            Objective = new ObjectiveConfig(PathType: o.String("--path", "linear", "linear", "cosine"), ProjCoeff: o.Double("--proj-coeff", 0.5, min: 0)),
+        };
+        string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
+        int encoderSize = o.Int("--encoder-size", 0, min: 16);
+        o.String("--device", "auto", "auto", "cpu");
+        int threads = o.Int("--threads", Environment.ProcessorCount, min: 1);
+        o.RejectUnknown();
+
+        var data = IdxDataset.LoadFolder(options.DataFolder, train: true);
+        using var backend = new CpuBackend(threads);
+        stdout.WriteLine($"device: {backend.Description}");
+        OnnxEncoder? encoder = null;
+        ITargetProvider? targets = null;
+        if (options.Objective.ProjCoeff > 0)
+        {
+            if (encoderName == "none") throw new UsageException("--proj-coeff > 0 needs an encoder; pass --encoder resnet18 or --proj-coeff 0.");
+            var preset = SiTConfig.Preset(model);
+            int size = encoderSize > 0 ? encoderSize : 16 * (options.ImageSize / preset.PatchSize);
+            encoder = OnnxEncoder.ResNet18(inputSize: size);
+            targets = new EncoderTargets(data, encoder, options.ImageSize, "ResNet-18 stage 3 (ReLU347)");
+        }
+        using (encoder)
+        using (var trainer = new Trainer(backend, options, data, targets))
+        {
+            var history = trainer.Run(stdout);
+            var first = history[0];
+            var last = history[^1];
+            double seconds = history.Sum(h => h.Seconds);
+            stdout.WriteLine($"done: {history.Count} steps in {TimeSpan.FromSeconds(seconds):hh\\:mm\\:ss}, loss {first.Loss:F4} -> {last.Loss:F4}, " +
+                             $"checkpoint {Path.Combine(options.OutputFolder, "checkpoint.safetensors")}");
+        }
+        return 0;
+    }
+}

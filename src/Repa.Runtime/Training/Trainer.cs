@@ -1,0 +1,173 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Repa.Autograd;
+using Repa.Kernels;
+using Repa.Runtime.Checkpoints;
+using Repa.Runtime.Data;
+using Repa.Runtime.Models;
+using Repa.Runtime.Optim;
+
+namespace Repa.Runtime.Training;
+
+/// <summary>Encoder targets for a batch of dataset indices: [N, Tokens, Dim], one per projector.</summary>
+public interface ITargetProvider
+{
+    int Tokens { get; }
+    int Dim { get; }
+    string Description { get; }
+    Tensor Targets(ReadOnlySpan<int> indices, IBackend backend, DType dtype);
+}
+
+/// <summary>What a run trains and how (the `train` command's flags, REPA train.py names in the saved config).</summary>
+public sealed record TrainOptions
+{
+    public string Model { get; init; } = "SiT-T/2";
+    public int Steps { get; init; } = 200;
+    public int Batch { get; init; } = 32;
+    public double LearningRate { get; init; } = 1e-4;
+    public ulong Seed { get; init; }
+    public string OutputFolder { get; init; } = Path.Combine("runs", "latest");
+    public string DataFolder { get; init; } = IdxDataset.DefaultFashionMnistFolder;
+    public int ImageSize { get; init; } = 32;
+    public int EncoderDepth { get; init; }
+    public ObjectiveConfig Objective { get; init; } = new();
+    public double MaxGradNorm { get; init; } = 1.0;
+    public double EmaDecay { get; init; } = 0.9999;
+}
+
+/// <summary>One step's figures, as printed and as written to metrics.jsonl.</summary>
+public sealed record StepMetrics(int Step, double Loss, double Denoise, double Proj, double GradNorm, double ImagesPerSecond, double Seconds);
+
+/// <summary>
+/// The training loop: data -> objective -> backward -> AdamW (with the global clip) -> EMA, on one tape reset per step
+/// so a step allocates nothing after the first. Every random draw comes from Philox keyed by (seed, step, purpose).
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    public const ulong DataPurpose = 4;
+
+    private readonly TrainOptions options;
+    private readonly IdxDataset data;
+    private readonly ITargetProvider? targets;
+    private readonly Objective objective;
+    private readonly AdamW optimizer;
+    private readonly Ema ema;
+
+    public Trainer(IBackend backend, TrainOptions options, IdxDataset data, ITargetProvider? targets)
+    {
+        this.options = options;
+        this.data = data;
+        this.targets = targets;
+        if (options.Steps < 1) throw new ArgumentException($"--steps must be at least 1, got {options.Steps}.");
+        if (options.Batch < 1) throw new ArgumentException($"--batch must be at least 1, got {options.Batch}.");
+        objective = new Objective(options.Objective);
+        bool repa = options.Objective.ProjCoeff > 0;
+        if (repa && targets == null)
+            throw new ArgumentException("proj_coeff > 0 needs encoder targets; give an encoder or use --proj-coeff 0 for vanilla SiT.");
+        var config = SiTConfig.Preset(options.Model) with
+        {
+            InputSize = options.ImageSize,
+            InChannels = data.Channels,
+            NumClasses = data.NumClasses,
+            ZDims = repa ? [targets!.Dim] : [],
+        };
+        if (options.EncoderDepth > 0) config = config with { EncoderDepth = options.EncoderDepth };
+        Config = config.Validate();
+        if (repa && targets!.Tokens != Config.Tokens)
+            throw new ArgumentException($"the encoder gives {targets.Tokens} target tokens per image but {Config.Name} at {Config.InputSize} px has {Config.Tokens} patches; choose an encoder layer/input size whose grid matches.");
+        Model = new SiT(backend, DType.F32, Config, options.Seed);
+        optimizer = new AdamW(Model.NamedParameters(), options.LearningRate, maxGradNorm: options.MaxGradNorm);
+        ema = new Ema(Model.NamedParameters(), options.EmaDecay);
+    }
+
+    public SiTConfig Config { get; }
+    public SiT Model { get; }
+
+    /// <summary>Approximate training FLOPs per image: 6 x parameters x tokens plus the attention products.</summary>
+    public double FlopsPerImage =>
+        6.0 * Model.ParameterCount * Config.Tokens + 3 * 4.0 * Config.Depth * Config.Tokens * Config.Tokens * Config.HiddenSize;
+
+    /// <summary>Runs one step (1-based) and returns its metrics.</summary>
+    public StepMetrics Step(int step, Tape tape)
+    {
+        var sw = Stopwatch.StartNew();
+        tape.Reset();
+        optimizer.ZeroGrad();
+        var backend = Model.Backend;
+        int n = options.Batch, size = options.ImageSize;
+        var u = new double[n];
+        Philox.Uniform(options.Seed, Objective.Stream((ulong)step, DataPurpose), 0, u);
+        var indices = u.Select(v => Math.Min((int)(v * data.Count), data.Count - 1)).ToArray();
+        var images = new float[n * data.Channels * size * size];
+        var labels = new int[n];
+        data.FillBatch(indices, images, labels, size);
+        var x0 = Tensor.FromArray(backend, images, n, data.Channels, size, size);
+        var y = Tensor.FromArray(backend, objective.DropLabels(labels, data.NumClasses, options.Seed, (ulong)step), n);
+        var noise = Objective.SampleNoise(backend, DType.F32, x0.Shape, options.Seed, (ulong)step);
+        var t = objective.SampleTimes(options.Seed, (ulong)step, n);
+        Tensor[] targetTensors = targets != null && options.Objective.ProjCoeff > 0 ? [targets.Targets(indices, backend, DType.F32)] : [];
+        var loss = objective.Compute(Model, x0, noise, t, y, targetTensors);
+        double total = loss.Total.Item();
+        if (!double.IsFinite(total))
+            throw new InvalidOperationException($"the loss became {total} at step {step}; lower --lr or check the data.");
+        tape.Backward(loss.Total);
+        double gradNorm = optimizer.Step();
+        ema.Update();
+        double seconds = sw.Elapsed.TotalSeconds;
+        return new StepMetrics(step, total, loss.Denoise.Item(), loss.Proj.Item(), gradNorm, n / seconds, seconds);
+    }
+
+    /// <summary>Trains for the configured steps, printing one line per step and writing metrics and the checkpoint.</summary>
+    public IReadOnlyList<StepMetrics> Run(TextWriter log)
+    {
+        Directory.CreateDirectory(options.OutputFolder);
+        var history = new List<StepMetrics>();
+        using var metrics = new StreamWriter(Path.Combine(options.OutputFolder, "metrics.jsonl"));
+        log.WriteLine($"model: {Config.Name} ({Model.ParameterCount:N0} parameters, {Config.Tokens} tokens), data: {data.ImagesPath} ({data.Count} images, {data.NumClasses} classes), " +
+                      $"objective: {options.Objective.PathType} path, proj_coeff {options.Objective.ProjCoeff}" + (targets != null ? $", targets: {targets.Description}" : ""));
+        var total = Stopwatch.StartNew();
+        using var tape = new Tape();
+        for (int step = 1; step <= options.Steps; step++)
+        {
+            var m = Step(step, tape);
+            history.Add(m);
+            double eta = total.Elapsed.TotalSeconds / step * (options.Steps - step);
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s | ETA {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}"));
+            metrics.WriteLine(JsonSerializer.Serialize(m));
+        }
+        tape.Reset();
+        SaveCheckpoint(Path.Combine(options.OutputFolder, "checkpoint.safetensors"));
+        return history;
+    }
+
+    /// <summary>Model state_dict (REPA names) + "ema.*" + optimiser state, and config.json beside it; atomic writes.</summary>
+    public void SaveCheckpoint(string path)
+    {
+        var tensors = new List<(string, Tensor)>(Model.StateDict());
+        tensors.AddRange(ema.StateTensors());
+        tensors.AddRange(optimizer.StateTensors());
+        SafeTensors.Write(path, tensors, new Dictionary<string, string> { [AdamW.StepKey] = optimizer.StepCount.ToString(CultureInfo.InvariantCulture) });
+        var config = new Dictionary<string, object>
+        {
+            ["model"] = Config.Name, ["input_size"] = Config.InputSize, ["patch_size"] = Config.PatchSize,
+            ["in_channels"] = Config.InChannels, ["hidden_size"] = Config.HiddenSize, ["depth"] = Config.Depth,
+            ["num_heads"] = Config.NumHeads, ["mlp_ratio"] = Config.MlpRatio, ["num_classes"] = Config.NumClasses,
+            ["encoder_depth"] = Config.EncoderDepth, ["z_dims"] = Config.ZDims, ["projector_dim"] = Config.ProjectorDim,
+            ["qk_norm"] = Config.QkNorm, ["path_type"] = options.Objective.PathType, ["weighting"] = options.Objective.Weighting,
+            ["proj_coeff"] = options.Objective.ProjCoeff, ["learning_rate"] = options.LearningRate, ["batch_size"] = options.Batch,
+            ["seed"] = options.Seed, ["max_train_steps"] = options.Steps, ["cfg_prob"] = options.Objective.ClassDropout,
+        };
+        string json = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "config.json");
+        File.WriteAllText(json + ".tmp", JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true }));
+        File.Move(json + ".tmp", json, overwrite: true);
+    }
+
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        ema.Dispose();
+        Model.Dispose();
+    }
+}
