@@ -23,6 +23,8 @@ internal static class TrainCommand
             DataFolder = o.String("--data", IdxDataset.DefaultFashionMnistFolder),
             ImageSize = o.Int("--image-size", 32, min: 1),
             EncoderDepth = o.Int("--encoder-depth", 0, min: 1),
+            CheckpointEvery = o.Int("--ckpt-every", 0, min: 1),
+            Resume = o.String("--resume", "") is { Length: > 0 } r ? r : null,
             Objective = new ObjectiveConfig(PathType: o.String("--path", "linear", "linear", "cosine"), ProjCoeff: o.Double("--proj-coeff", 0.5, min: 0)),
         };
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
@@ -46,8 +48,20 @@ internal static class TrainCommand
         }
         using (encoder)
         using (var trainer = new Trainer(backend, options, data, targets))
+        using (var stop = new CancellationTokenSource())
         {
-            var history = trainer.Run(stdout);
+            // Ctrl-C finishes the current step, saves the checkpoint and exits cleanly; a second Ctrl-C kills.
+            ConsoleCancelEventHandler onCancel = (_, e) => { if (!stop.IsCancellationRequested) { e.Cancel = true; stop.Cancel(); } };
+            Console.CancelKeyPress += onCancel;
+            trainer.Stop = stop.Token;
+            IReadOnlyList<StepMetrics> history;
+            try { history = trainer.Run(stdout); }
+            finally { Console.CancelKeyPress -= onCancel; }
+            if (history.Count == 0)
+            {
+                stdout.WriteLine($"nothing to do: the checkpoint is already at step {trainer.CompletedSteps} of {options.Steps}.");
+                return 0;
+            }
             var first = history[0];
             var last = history[^1];
             double seconds = history.Sum(h => h.Seconds);

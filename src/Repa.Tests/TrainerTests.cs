@@ -83,6 +83,35 @@ public class TrainerTests
         }
     }
 
+    [Test]
+    public void ResumeContinuesTheExactRun()
+    {
+        var options = Small with { Steps = 6, Objective = new ObjectiveConfig(ProjCoeff: 0.5) };
+        string a = Path.Combine(Path.GetTempPath(), "repa-test-" + Guid.NewGuid().ToString("N"));
+        string b = Path.Combine(Path.GetTempPath(), "repa-test-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var straight = Train(options, repa: true, a);
+            var firstHalf = Train(options with { Steps = 3 }, repa: true, b);
+            var secondHalf = Train(options with { Resume = b }, repa: true, b);
+            Assert.That(firstHalf.Select(m => m.Loss), Is.EqualTo(straight.Take(3).Select(m => m.Loss)));
+            Assert.That(secondHalf.Select(m => m.Step), Is.EqualTo(new[] { 4, 5, 6 }));
+            Assert.That(secondHalf.Select(m => m.Loss), Is.EqualTo(straight.Skip(3).Select(m => m.Loss)), "losses after resume");
+            Assert.That(File.ReadAllLines(Path.Combine(b, "metrics.jsonl")), Has.Length.EqualTo(6));
+            using var be = new CpuBackend(1);
+            using var x = SafeTensors.Read(Path.Combine(a, "checkpoint.safetensors"), be);
+            using var y = SafeTensors.Read(Path.Combine(b, "checkpoint.safetensors"), be);
+            Assert.That(y.Tensors.Keys, Is.EqualTo(x.Tensors.Keys));
+            foreach (var name in x.Tensors.Keys)
+                Assert.That(y[name].ToFloatArray(), Is.EqualTo(x[name].ToFloatArray()), name);
+        }
+        finally
+        {
+            foreach (var d in new[] { a, b }) if (Directory.Exists(d)) Directory.Delete(d, true);
+        }
+    }
+
+    [TestCase(new[] { "train", "--resume", "/nonexistent/run" }, "checkpoint '/nonexistent/run")]
     [TestCase(new[] { "train", "--config", "SiT-Q/2" }, "--config must be one of")]
     [TestCase(new[] { "train", "--data", "/nonexistent/folder" }, "/nonexistent/folder")]
     [TestCase(new[] { "train", "--proj-coeff", "0.5", "--encoder", "none" }, "needs an encoder")]

@@ -34,6 +34,12 @@ public sealed record TrainOptions
     public ObjectiveConfig Objective { get; init; } = new();
     public double MaxGradNorm { get; init; } = 1.0;
     public double EmaDecay { get; init; } = 0.9999;
+
+    /// <summary>Save a checkpoint every this many steps (0: only at the end).</summary>
+    public int CheckpointEvery { get; init; }
+
+    /// <summary>A checkpoint (.safetensors file or its run folder) to continue exactly from.</summary>
+    public string? Resume { get; init; }
 }
 
 /// <summary>One step's figures, as printed and as written to metrics.jsonl.</summary>
@@ -84,6 +90,43 @@ public sealed class Trainer : IDisposable
     public SiTConfig Config { get; }
     public SiT Model { get; }
 
+    /// <summary>The last completed step (0 for a fresh run, the checkpoint's step after a resume).</summary>
+    public int CompletedSteps { get; private set; }
+
+    /// <summary>Set (e.g. from Ctrl-C) to stop after the current step; the run then saves its checkpoint and returns.</summary>
+    public CancellationToken Stop { get; set; }
+
+    public const string CheckpointFile = "checkpoint.safetensors";
+
+    /// <summary>A checkpoint path from a .safetensors file or a run folder holding checkpoint.safetensors.</summary>
+    public static string ResolveCheckpoint(string path)
+    {
+        string file = Directory.Exists(path) ? Path.Combine(path, CheckpointFile) : path;
+        if (!File.Exists(file))
+            throw new FileNotFoundException($"checkpoint '{file}' does not exist; pass a run folder or its {CheckpointFile}.");
+        return file;
+    }
+
+    /// <summary>Loads model, EMA and optimiser state; the run continues at the next step with the same random draws.</summary>
+    public void LoadCheckpoint(string path)
+    {
+        string file = ResolveCheckpoint(path);
+        using var state = SafeTensors.Read(file, Model.Backend);
+        if (!state.Metadata.TryGetValue(AdamW.StepKey, out var stepText) || !int.TryParse(stepText, CultureInfo.InvariantCulture, out int step))
+            throw new InvalidDataException($"checkpoint '{file}' has no {AdamW.StepKey} metadata; it was not written by `train`.");
+        try
+        {
+            Model.LoadStateDict(state.Tensors, strict: false);
+            ema.LoadState(state.Tensors);
+            optimizer.LoadState(state.Tensors, step);
+        }
+        catch (Exception e) when (e is KeyNotFoundException or ArgumentException)
+        {
+            throw new InvalidDataException($"checkpoint '{file}' does not fit {Config.Name} with these options: {e.Message}");
+        }
+        CompletedSteps = step;
+    }
+
     /// <summary>Approximate training FLOPs per image: 6 x parameters x tokens plus the attention products.</summary>
     public double FlopsPerImage =>
         6.0 * Model.ParameterCount * Config.Tokens + 3 * 4.0 * Config.Depth * Config.Tokens * Config.Tokens * Config.HiddenSize;
@@ -122,23 +165,35 @@ public sealed class Trainer : IDisposable
     public IReadOnlyList<StepMetrics> Run(TextWriter log)
     {
         Directory.CreateDirectory(options.OutputFolder);
+        if (options.Resume != null) LoadCheckpoint(options.Resume);
         var history = new List<StepMetrics>();
-        using var metrics = new StreamWriter(Path.Combine(options.OutputFolder, "metrics.jsonl"));
+        // A resumed run appends to its log; a fresh one starts it anew.
+        using var metrics = new StreamWriter(Path.Combine(options.OutputFolder, "metrics.jsonl"), append: CompletedSteps > 0);
         log.WriteLine($"model: {Config.Name} ({Model.ParameterCount:N0} parameters, {Config.Tokens} tokens), data: {data.ImagesPath} ({data.Count} images, {data.NumClasses} classes), " +
                       $"objective: {options.Objective.PathType} path, proj_coeff {options.Objective.ProjCoeff}" + (targets != null ? $", targets: {targets.Description}" : ""));
         var total = Stopwatch.StartNew();
         using var tape = new Tape();
-        for (int step = 1; step <= options.Steps; step++)
+        if (CompletedSteps > 0) log.WriteLine($"resumed from step {CompletedSteps}");
+        string checkpoint = Path.Combine(options.OutputFolder, CheckpointFile);
+        for (int step = CompletedSteps + 1; step <= options.Steps; step++)
         {
             var m = Step(step, tape);
             history.Add(m);
-            double eta = total.Elapsed.TotalSeconds / step * (options.Steps - step);
+            CompletedSteps = step;
+            double eta = total.Elapsed.TotalSeconds / history.Count * (options.Steps - step);
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s | ETA {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}"));
             metrics.WriteLine(JsonSerializer.Serialize(m));
+            metrics.Flush();
+            if (Stop.IsCancellationRequested)
+            {
+                log.WriteLine($"stopping after step {step} as asked; saving the checkpoint.");
+                break;
+            }
+            if (options.CheckpointEvery > 0 && step % options.CheckpointEvery == 0 && step < options.Steps) SaveCheckpoint(checkpoint);
         }
         tape.Reset();
-        SaveCheckpoint(Path.Combine(options.OutputFolder, "checkpoint.safetensors"));
+        SaveCheckpoint(checkpoint);
         return history;
     }
 
