@@ -26,6 +26,12 @@ public static class Cli
           train [options]
                      Trains SiT with REPA on the CPU (see TRAIN OPTIONS).
 
+          forward --checkpoint C --input IN.safetensors --output OUT.safetensors
+                     Debug state for comparing with another implementation. IN holds x [N,C,H,W], t [N] (float32) and
+                     y [N] (int32/int64): OUT gets "v" and "zs.<j>". If IN holds x0, noise, t, y and "target.<j>", the
+                     command forms x_t on the configured path and OUT also gets loss, loss_denoise, loss_proj and
+                     "grad.<state_dict name>" of every trainable parameter (no class dropout, nothing random).
+
         TRAIN OPTIONS
           --config NAME        model preset: SiT-T/2 (default, small CPU model), SiT-S/2 ... SiT-XL/8.
           --steps N            optimisation steps (default 200).
@@ -65,6 +71,8 @@ public static class Cli
                     return 0;
                 case "train":
                     return TrainCommand.Run(options, stdout);
+                case "forward":
+                    return ForwardCommand.Run(options, stdout);
                 default:
                     throw new UsageException($"unknown command '{args[0]}'; run `Repa.Runtime --help` for the list of commands.");
             }
