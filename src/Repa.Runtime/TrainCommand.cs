@@ -66,7 +66,7 @@ internal static class TrainCommand
             var last = history[^1];
             double seconds = history.Sum(h => h.Seconds);
             stdout.WriteLine($"done: {history.Count} steps in {TimeSpan.FromSeconds(seconds):hh\\:mm\\:ss}, loss {first.Loss:F4} -> {last.Loss:F4}, " +
-                             $"checkpoint {Path.Combine(options.OutputFolder, "checkpoint.safetensors")}");
+                             $"checkpoint {Path.Combine(options.OutputFolder, Trainer.CheckpointFile)}, loss plot {Path.Combine(options.OutputFolder, "loss.png")}");
         }
         return 0;
     }

@@ -56,6 +56,7 @@ public class TrainerTests
             Assert.That(file.Tensors.Keys, Does.Not.Contain("optimizer.m.pos_embed"), "pos_embed is frozen");
             Assert.That(file.Metadata["optimizer.step"], Is.EqualTo("12"));
             Assert.That(Directory.GetFiles(folder, "*.tmp"), Is.Empty);
+            Assert.That(File.ReadAllBytes(Path.Combine(folder, "loss.png")).Take(4), Is.EqualTo(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }));
         }
         finally
         {

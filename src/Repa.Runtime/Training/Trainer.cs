@@ -194,6 +194,8 @@ public sealed class Trainer : IDisposable
         }
         tape.Reset();
         SaveCheckpoint(checkpoint);
+        metrics.Close();
+        Plots.LinePlot.SaveLossCurves(Path.Combine(options.OutputFolder, "metrics.jsonl"), Path.Combine(options.OutputFolder, "loss.png"));
         return history;
     }
 
