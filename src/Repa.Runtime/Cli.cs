@@ -46,6 +46,8 @@ public static class Cli
           --encoder-depth N    block after which the projector taps the residual stream (default: the preset's).
           --proj-coeff X       REPA loss weight lambda (default 0.5; 0 = vanilla SiT).
           --path linear|cosine interpolant (default linear).
+          --weighting uniform|lognormal   t ~ U(0,1) (default) or logit-normal.
+          --proj-loss cosine|ntxent       REPA alignment: negative cosine (default) or patch-wise NT-Xent.
           --ckpt-every N       also save the checkpoint every N steps (default: only at the end and on Ctrl-C).
           --resume PATH        continue exactly from a checkpoint (its run folder or .safetensors file); --steps is the total.
           --device auto|cpu    compute device (default auto = cpu; GPU backends arrive with later issues).

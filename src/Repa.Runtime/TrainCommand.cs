@@ -25,7 +25,9 @@ internal static class TrainCommand
             EncoderDepth = o.Int("--encoder-depth", 0, min: 1),
             CheckpointEvery = o.Int("--ckpt-every", 0, min: 1),
             Resume = o.String("--resume", "") is { Length: > 0 } r ? r : null,
-            Objective = new ObjectiveConfig(PathType: o.String("--path", "linear", "linear", "cosine"), ProjCoeff: o.Double("--proj-coeff", 0.5, min: 0)),
+            Objective = new ObjectiveConfig(PathType: o.String("--path", "linear", "linear", "cosine"),
+                Weighting: o.String("--weighting", "uniform", "uniform", "lognormal"), ProjCoeff: o.Double("--proj-coeff", 0.5, min: 0),
+                ProjLoss: o.String("--proj-loss", "cosine", "cosine", "ntxent")),
         };
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
         int encoderSize = o.Int("--encoder-size", 0, min: 16);
@@ -35,7 +37,8 @@ internal static class TrainCommand
 
         var data = IdxDataset.LoadFolder(options.DataFolder, train: true);
         using var backend = new CpuBackend(threads);
-        stdout.WriteLine($"device: {backend.Description}");
+        double peak = FmaPeak.Measure(threads, 0.1); // measured, not assumed: MFU is relative to this machine's FMA peak
+        stdout.WriteLine($"device: {backend.Description}, measured fp32 FMA peak {peak:F0} GFLOP/s");
         OnnxEncoder? encoder = null;
         ITargetProvider? targets = null;
         if (options.Objective.ProjCoeff > 0)
@@ -54,6 +57,7 @@ internal static class TrainCommand
             ConsoleCancelEventHandler onCancel = (_, e) => { if (!stop.IsCancellationRequested) { e.Cancel = true; stop.Cancel(); } };
             Console.CancelKeyPress += onCancel;
             trainer.Stop = stop.Token;
+            trainer.PeakGflops = peak;
             IReadOnlyList<StepMetrics> history;
             try { history = trainer.Run(stdout); }
             finally { Console.CancelKeyPress -= onCancel; }

@@ -93,6 +93,9 @@ public sealed class Trainer : IDisposable
     /// <summary>The last completed step (0 for a fresh run, the checkpoint's step after a resume).</summary>
     public int CompletedSteps { get; private set; }
 
+    /// <summary>The device's fp32 peak in GFLOP/s for the MFU column (0: not printed).</summary>
+    public double PeakGflops { get; set; }
+
     /// <summary>Set (e.g. from Ctrl-C) to stop after the current step; the run then saves its checkpoint and returns.</summary>
     public CancellationToken Stop { get; set; }
 
@@ -182,7 +185,7 @@ public sealed class Trainer : IDisposable
             CompletedSteps = step;
             double eta = total.Elapsed.TotalSeconds / history.Count * (options.Steps - step);
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s | ETA {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}"));
+                $"step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s{Mfu(m)} | ETA {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}"));
             metrics.WriteLine(JsonSerializer.Serialize(m));
             metrics.Flush();
             if (Stop.IsCancellationRequested)
@@ -198,6 +201,9 @@ public sealed class Trainer : IDisposable
         Plots.LinePlot.SaveLossCurves(Path.Combine(options.OutputFolder, "metrics.jsonl"), Path.Combine(options.OutputFolder, "loss.png"));
         return history;
     }
+
+    private string Mfu(StepMetrics m) =>
+        PeakGflops > 0 ? string.Create(CultureInfo.InvariantCulture, $" | MFU {100 * FlopsPerImage * m.ImagesPerSecond / 1e9 / PeakGflops:F0}%") : "";
 
     /// <summary>Model state_dict (REPA names) + "ema.*" + optimiser state, and config.json beside it; atomic writes.</summary>
     public void SaveCheckpoint(string path)

@@ -2,13 +2,13 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
-namespace Repa.Bench;
+namespace Repa.Kernels.Cpu;
 
 /// <summary>
 /// Register-only FMA throughput: 16 independent Vector512 FMA chains per thread (12 Vector256 chains without AVX-512), so the loop
 /// is bound by FMA issue rate, not latency. Reports fp32 GFLOP/s (2 flops per lane per FMA).
 /// </summary>
-internal static class FmaPeak
+public static class FmaPeak
 {
     /// <summary>Runs the loop on <paramref name="threads"/> threads at once for about <paramref name="seconds"/>.</summary>
     public static double Measure(int threads, double seconds = 0.15)
