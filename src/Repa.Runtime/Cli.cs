@@ -42,6 +42,7 @@ public static class Cli
           --data DIR           IDX dataset folder (default /usr/share/datasets/fashion-mnist).
           --image-size N       images are padded to N x N (default 32).
           --encoder NAME       REPA target encoder: resnet18 (default; stage-3 features) or none.
+          --cache-dir DIR      where encoder targets are cached (fp16, memory-mapped; default ~/.cache/repa/targets).
           --encoder-size N     encoder input size in px (default 16 x the model's patch grid, so grids match).
           --encoder-depth N    block after which the projector taps the residual stream (default: the preset's).
           --proj-coeff X       REPA loss weight lambda (default 0.5; 0 = vanilla SiT).

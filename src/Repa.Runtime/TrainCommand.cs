@@ -9,6 +9,11 @@ namespace Repa.Runtime;
 /// <summary>`Repa.Runtime train`: flags -> TrainOptions -> Trainer.</summary>
 internal static class TrainCommand
 {
+    /// <summary>$XDG_CACHE_HOME/repa/targets, else ~/.cache/repa/targets.</summary>
+    public static string DefaultCacheFolder =>
+        Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x ? x
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "repa", "targets");
+
     public static int Run(Options o, TextWriter stdout)
     {
         string model = o.String("--config", "SiT-T/2", [.. SiTConfig.PresetNames]);
@@ -30,26 +35,29 @@ internal static class TrainCommand
                 ProjLoss: o.String("--proj-loss", "cosine", "cosine", "ntxent")),
         };
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
+        string cacheFolder = o.String("--cache-dir", DefaultCacheFolder);
         int encoderSize = o.Int("--encoder-size", 0, min: 16);
         o.String("--device", "auto", "auto", "cpu");
         int threads = o.Int("--threads", Environment.ProcessorCount, min: 1);
         o.RejectUnknown();
+        if (options.Resume != null) Trainer.ResolveCheckpoint(options.Resume); // fail before any expensive work
 
         var data = IdxDataset.LoadFolder(options.DataFolder, train: true);
         using var backend = new CpuBackend(threads);
         double peak = FmaPeak.Measure(threads, 0.1); // measured, not assumed: MFU is relative to this machine's FMA peak
         stdout.WriteLine($"device: {backend.Description}, measured fp32 FMA peak {peak:F0} GFLOP/s");
         OnnxEncoder? encoder = null;
-        ITargetProvider? targets = null;
+        EncoderTargets? targets = null;
         if (options.Objective.ProjCoeff > 0)
         {
             if (encoderName == "none") throw new UsageException("--proj-coeff > 0 needs an encoder; pass --encoder resnet18 or --proj-coeff 0.");
             var preset = SiTConfig.Preset(model);
             int size = encoderSize > 0 ? encoderSize : 16 * (options.ImageSize / preset.PatchSize);
             encoder = OnnxEncoder.ResNet18(inputSize: size);
-            targets = new EncoderTargets(data, encoder, options.ImageSize, "ResNet-18 stage 3 (ReLU347)");
+            targets = new EncoderTargets(data, encoder, options.ImageSize, "ResNet-18 stage 3 (ReLU347)", cacheFolder);
         }
         using (encoder)
+        using (targets)
         using (var trainer = new Trainer(backend, options, data, targets))
         using (var stop = new CancellationTokenSource())
         {
@@ -58,6 +66,8 @@ internal static class TrainCommand
             Console.CancelKeyPress += onCancel;
             trainer.Stop = stop.Token;
             trainer.PeakGflops = peak;
+            // The run's images are known in advance (Philox by step): encode them once, up front, with a progress bar.
+            targets?.Precompute(Enumerable.Range(1, options.Steps).SelectMany(trainer.Indices), stdout);
             IReadOnlyList<StepMetrics> history;
             try { history = trainer.Run(stdout); }
             finally { Console.CancelKeyPress -= onCancel; }

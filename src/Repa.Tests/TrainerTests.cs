@@ -12,6 +12,46 @@ namespace Repa.Tests;
 [TestFixture]
 public class TrainerTests
 {
+    private static readonly string Cache = Path.Combine(Path.GetTempPath(), "repa-test-cache-" + Guid.NewGuid().ToString("N"));
+
+    [OneTimeTearDown]
+    public void RemoveCache()
+    {
+        if (Directory.Exists(Cache)) Directory.Delete(Cache, true);
+    }
+
+    [Test]
+    public void TargetsAreCachedOnDiskAndTheKeyFollowsTheInputs()
+    {
+        var data = Data();
+        string folder = Path.Combine(Cache, "own");
+        using var be = new CpuBackend(1);
+        using var encoder = OnnxEncoder.ResNet18(inputSize: 128);
+        float[] first;
+        string path;
+        using (var targets = new EncoderTargets(data, encoder, 32, "resnet18", folder))
+        {
+            Assert.That((targets.Tokens, targets.Dim), Is.EqualTo((64, 256)));
+            targets.Precompute([5, 9, 5], null);
+            Assert.That(targets.Cached, Is.EqualTo(3), "image 0 (the probe), 5 and 9");
+            first = targets.Targets([9, 5], be, Kernels.DType.F32).ToFloatArray();
+            path = targets.CachePath;
+        }
+        using (var again = new EncoderTargets(data, encoder, 32, "resnet18", folder))
+        {
+            Assert.That(again.CachePath, Is.EqualTo(path));
+            Assert.That(again.Cached, Is.EqualTo(3), "the cache survives across runs");
+            Assert.That(again.Targets([9, 5], be, Kernels.DType.F32).ToFloatArray(), Is.EqualTo(first));
+        }
+        // The cache is fp16: within half precision of the encoder's own output.
+        var images = new float[32 * 32];
+        data.FillBatch([9], images, new int[1], 32);
+        var exact = encoder.Encode(images, 1, 1, 32, 32, out _, out _);
+        for (int i = 0; i < exact.Length; i += 97) Assert.That(first[i], Is.EqualTo(exact[i]).Within(1e-3 * Math.Max(1, Math.Abs(exact[i]))));
+        using var other = new EncoderTargets(data, encoder, 28, "resnet18", folder);
+        Assert.That(other.CachePath, Is.Not.EqualTo(path), "another image size is another cache");
+    }
+
     private static IdxDataset Data()
     {
         if (!File.Exists(Path.Combine(IdxDataset.DefaultFashionMnistFolder, "train-images-idx3-ubyte.gz")))
@@ -24,7 +64,7 @@ public class TrainerTests
         var data = Data();
         using var backend = new CpuBackend(2);
         using var encoder = repa ? OnnxEncoder.ResNet18(inputSize: 16 * (options.ImageSize / 4)) : null;
-        var targets = repa ? new EncoderTargets(data, encoder!, options.ImageSize, "resnet18") : null;
+        using var targets = repa ? new EncoderTargets(data, encoder!, options.ImageSize, "resnet18", Cache) : null;
         using var trainer = new Trainer(backend, options with { OutputFolder = folder }, data, targets);
         return trainer.Run(TextWriter.Null);
     }

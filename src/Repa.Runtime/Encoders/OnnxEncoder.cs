@@ -31,6 +31,9 @@ public sealed class OnnxEncoder : IDisposable
     /// <summary>Side of the square image the model is fed (our images are resized to it).</summary>
     public int InputSize { get; }
 
+    /// <summary>Everything that determines the features: model file (path, size, time), layer, size, preprocessing.</summary>
+    public string Identity { get; }
+
     /// <summary>
     /// Opens a user-supplied ONNX image encoder whose input is float [N, 3, H, W].
     /// The preprocessing maps our pixels x in [-1, 1] to v = (x + 1) / 2 * <paramref name="pixelScale"/> (so 0..1 or
@@ -60,6 +63,9 @@ public sealed class OnnxEncoder : IDisposable
         _bgr = bgr;
         _skipTokens = skipTokens;
         InputSize = inputSize;
+        var file = new FileInfo(modelPath);
+        Identity = string.Join("|", file.FullName, file.Length, file.LastWriteTimeUtc.Ticks, inputName, outputName, inputSize,
+            string.Join(",", _scale), string.Join(",", _shift), bgr, skipTokens);
 
         string prepared = PrepareModel(modelPath, inputName, outputName);
         using var options = new SessionOptions

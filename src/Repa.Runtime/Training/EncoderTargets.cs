@@ -1,3 +1,7 @@
+using System.Diagnostics;
+using System.IO.MemoryMappedFiles;
+using System.Security.Cryptography;
+using System.Text;
 using Repa.Autograd;
 using Repa.Kernels;
 using Repa.Runtime.Data;
@@ -6,17 +10,23 @@ using Repa.Runtime.Encoders;
 namespace Repa.Runtime.Training;
 
 /// <summary>
-/// REPA targets from a frozen ONNX encoder, computed once per dataset image on first use and kept in memory (the
-/// encoder sees the clean image at its own input size; its feature map grid must equal the model's patch grid).
+/// REPA targets from a frozen ONNX encoder, computed once per dataset image and cached on disk as fp16 in a
+/// memory-mapped file [images, tokens, dim] (sparse: only computed images take space) with a bitmap of the images
+/// already done. The file name hashes the encoder's identity (model file, layer, input size, preprocessing), the image
+/// size and the dataset file, so changing any of them starts a new cache.
 /// </summary>
-public sealed class EncoderTargets : ITargetProvider
+public sealed class EncoderTargets : ITargetProvider, IDisposable
 {
+    private const int Chunk = 32;
     private readonly IdxDataset data;
     private readonly OnnxEncoder encoder;
     private readonly int imageSize;
-    private readonly Dictionary<int, float[]> cache = new();
+    private readonly MemoryMappedFile file;
+    private readonly MemoryMappedViewAccessor view;
+    private readonly byte[] present;
+    private readonly string presentPath;
 
-    public EncoderTargets(IdxDataset data, OnnxEncoder encoder, int imageSize, string name)
+    public EncoderTargets(IdxDataset data, OnnxEncoder encoder, int imageSize, string name, string cacheFolder)
     {
         this.data = data;
         this.encoder = encoder;
@@ -24,14 +34,27 @@ public sealed class EncoderTargets : ITargetProvider
         var probe = Encode([0]);
         Tokens = probe.tokens;
         Dim = probe.dim;
-        cache[0] = probe.features;
-        Description = $"{name} at {encoder.InputSize} px, {Tokens} tokens x {Dim}";
+        var images = new FileInfo(data.ImagesPath);
+        string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(string.Join("|",
+            encoder.Identity, imageSize, images.FullName, images.Length, images.LastWriteTimeUtc.Ticks, data.Count, Tokens, Dim))))[..16].ToLowerInvariant();
+        Directory.CreateDirectory(cacheFolder);
+        CachePath = Path.Combine(cacheFolder, $"targets-{key}.f16");
+        presentPath = CachePath + ".done";
+        long bytes = (long)data.Count * Tokens * Dim * sizeof(ushort);
+        file = MemoryMappedFile.CreateFromFile(CachePath, FileMode.OpenOrCreate, null, bytes, MemoryMappedFileAccess.ReadWrite);
+        view = file.CreateViewAccessor(0, bytes);
+        present = File.Exists(presentPath) && new FileInfo(presentPath).Length == data.Count ? File.ReadAllBytes(presentPath) : new byte[data.Count];
+        Store(0, probe.features);
+        Description = $"{name} at {encoder.InputSize} px, {Tokens} tokens x {Dim}, cache {CachePath}";
     }
 
     public int Tokens { get; }
     public int Dim { get; }
     public string Description { get; }
-    public int Cached => cache.Count;
+    public string CachePath { get; }
+
+    /// <summary>How many dataset images have their targets on disk.</summary>
+    public int Cached => present.Count(b => b != 0);
 
     private (float[] features, int tokens, int dim) Encode(int[] indices)
     {
@@ -41,17 +64,58 @@ public sealed class EncoderTargets : ITargetProvider
         return (features, tokens, dim);
     }
 
+    private void Store(int index, ReadOnlySpan<float> features)
+    {
+        var halves = new Half[features.Length];
+        for (int i = 0; i < halves.Length; i++) halves[i] = (Half)features[i];
+        view.WriteArray((long)index * Tokens * Dim * sizeof(ushort), halves, 0, halves.Length);
+        present[index] = 1;
+    }
+
+    private void SavePresent()
+    {
+        view.Flush();
+        File.WriteAllBytes(presentPath + ".tmp", present);
+        File.Move(presentPath + ".tmp", presentPath, overwrite: true);
+    }
+
+    /// <summary>Computes the targets of every listed image not yet cached, with a progress line (images/s, ETA).</summary>
+    public void Precompute(IEnumerable<int> indices, TextWriter? progress)
+    {
+        var todo = indices.Distinct().Where(i => present[i] == 0).ToArray();
+        if (todo.Length == 0) return;
+        var sw = Stopwatch.StartNew();
+        for (int start = 0; start < todo.Length; start += Chunk)
+        {
+            var chunk = todo.AsSpan(start, Math.Min(Chunk, todo.Length - start)).ToArray();
+            var (features, _, _) = Encode(chunk);
+            int per = Tokens * Dim;
+            for (int j = 0; j < chunk.Length; j++) Store(chunk[j], features.AsSpan(j * per, per));
+            SavePresent();
+            int done = start + chunk.Length;
+            double rate = done / sw.Elapsed.TotalSeconds;
+            progress?.Write($"\rencoder targets {done}/{todo.Length} [{new string('#', 30 * done / todo.Length),-30}] {rate:F1} img/s, ETA {TimeSpan.FromSeconds((todo.Length - done) / rate):mm\\:ss}   ");
+        }
+        progress?.WriteLine();
+    }
+
     public Tensor Targets(ReadOnlySpan<int> indices, IBackend backend, DType dtype)
     {
-        var missing = indices.ToArray().Distinct().Where(i => !cache.ContainsKey(i)).ToArray();
-        if (missing.Length > 0)
+        Precompute(indices.ToArray(), null);
+        int per = Tokens * Dim;
+        var halves = new Half[per];
+        var batch = new float[indices.Length * per];
+        for (int j = 0; j < indices.Length; j++)
         {
-            var (features, _, _) = Encode(missing);
-            int per = Tokens * Dim;
-            for (int j = 0; j < missing.Length; j++) cache[missing[j]] = features.AsSpan(j * per, per).ToArray();
+            view.ReadArray((long)indices[j] * per * sizeof(ushort), halves, 0, per);
+            for (int i = 0; i < per; i++) batch[j * per + i] = (float)halves[i];
         }
-        var batch = new float[indices.Length * Tokens * Dim];
-        for (int j = 0; j < indices.Length; j++) cache[indices[j]].CopyTo(batch, j * Tokens * Dim);
         return Tensor.FromArray(backend, batch, indices.Length, Tokens, Dim);
+    }
+
+    public void Dispose()
+    {
+        view.Dispose();
+        file.Dispose();
     }
 }

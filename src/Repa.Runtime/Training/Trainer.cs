@@ -134,6 +134,14 @@ public sealed class Trainer : IDisposable
     public double FlopsPerImage =>
         6.0 * Model.ParameterCount * Config.Tokens + 3 * 4.0 * Config.Depth * Config.Tokens * Config.Tokens * Config.HiddenSize;
 
+    /// <summary>The dataset images of a step (drawn with replacement from the step's Philox stream).</summary>
+    public int[] Indices(int step)
+    {
+        var u = new double[options.Batch];
+        Philox.Uniform(options.Seed, Objective.Stream((ulong)step, DataPurpose), 0, u);
+        return u.Select(v => Math.Min((int)(v * data.Count), data.Count - 1)).ToArray();
+    }
+
     /// <summary>Runs one step (1-based) and returns its metrics.</summary>
     public StepMetrics Step(int step, Tape tape)
     {
@@ -142,9 +150,7 @@ public sealed class Trainer : IDisposable
         optimizer.ZeroGrad();
         var backend = Model.Backend;
         int n = options.Batch, size = options.ImageSize;
-        var u = new double[n];
-        Philox.Uniform(options.Seed, Objective.Stream((ulong)step, DataPurpose), 0, u);
-        var indices = u.Select(v => Math.Min((int)(v * data.Count), data.Count - 1)).ToArray();
+        var indices = Indices(step);
         var images = new float[n * data.Channels * size * size];
         var labels = new int[n];
         data.FillBatch(indices, images, labels, size);
