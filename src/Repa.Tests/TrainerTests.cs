@@ -105,6 +105,18 @@ public class TrainerTests
     }
 
     [Test]
+    public void FlopsPerImageCountsPerTokenAndPerImageWorkSeparately()
+    {
+        // SiT-T/2, vanilla (no projector): per token 6 blocks x 12 D^2 + patch and final linear (2 x 4 x 192);
+        // per image 6 x 6 D^2 (adaLN) + 2 D^2 (final adaLN) + 256 D + D^2 (timestep MLP); attention 6 x 4 T^2 D.
+        using var be = new CpuBackend(1);
+        using var trainer = new Trainer(be, new TrainOptions { Model = "SiT-T/2", Objective = new ObjectiveConfig(ProjCoeff: 0) }, Data(), null);
+        double d = 192, t = 256;
+        double forward = 2 * ((6 * 12 * d * d + 2 * 4 * d) * t + 6 * 6 * d * d + 2 * d * d + 256 * d + d * d) + 6 * 4 * t * t * d;
+        Assert.That(trainer.FlopsPerImage, Is.EqualTo(3 * forward).Within(1e-6).Percent);
+    }
+
+    [Test]
     public void TheSameSeedGivesTheSameRun()
     {
         var options = Small with { Steps = 3, Objective = new ObjectiveConfig(ProjCoeff: 0) }; // vanilla SiT

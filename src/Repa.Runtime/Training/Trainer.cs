@@ -130,9 +130,24 @@ public sealed class Trainer : IDisposable
         CompletedSteps = step;
     }
 
-    /// <summary>Approximate training FLOPs per image: 6 x parameters x tokens plus the attention products.</summary>
-    public double FlopsPerImage =>
-        6.0 * Model.ParameterCount * Config.Tokens + 3 * 4.0 * Config.Depth * Config.Tokens * Config.Tokens * Config.HiddenSize;
+    /// <summary>
+    /// Training FLOPs per image (3 x forward: forward + two products per weight in backward; recompute not counted).
+    /// Per-token matrices (qkv, proj, MLP, patch, final linear, projectors) run T times per image; the adaLN and
+    /// timestep MLPs once per image; attention adds 4 T^2 D per block.
+    /// </summary>
+    public double FlopsPerImage
+    {
+        get
+        {
+            double d = Config.HiddenSize, t = Config.Tokens, pp = Config.PatchSize * Config.PatchSize * Config.InChannels;
+            double perToken = Config.Depth * (4 + 2 * Config.MlpRatio) * d * d + 2 * pp * d;
+            foreach (int z in Config.ZDims)
+                perToken += d * Config.ProjectorDim + (double)Config.ProjectorDim * Config.ProjectorDim + (double)Config.ProjectorDim * z;
+            double perImage = Config.Depth * 6 * d * d + 2 * d * d + SiTConfig.FrequencyEmbeddingSize * d + d * d;
+            double forward = 2 * (perToken * t + perImage) + Config.Depth * 4 * t * t * d;
+            return 3 * forward;
+        }
+    }
 
     /// <summary>The dataset images of a step (drawn with replacement from the step's Philox stream).</summary>
     public int[] Indices(int step)
