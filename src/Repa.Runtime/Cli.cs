@@ -36,6 +36,7 @@ public static class Cli
           --config NAME        model preset: SiT-T/2 (default, small CPU model), SiT-S/2 ... SiT-XL/8.
           --steps N            optimisation steps (default 200).
           --batch N            images per step (default 32).
+          --grad-accum N       split each step's batch into N micro-batches, accumulating gradients (default 1).
           --lr X               AdamW learning rate (default 1e-4; betas 0.9/0.999, eps 1e-8, no weight decay).
           --seed N             seed of every random draw (init, data order, t, noise, label dropout; default 0).
           --out DIR            run folder for metrics.jsonl, checkpoint.safetensors, config.json (default runs/latest).

@@ -29,6 +29,7 @@ internal static class TrainCommand
             ImageSize = o.Int("--image-size", 32, min: 1),
             EncoderDepth = o.Int("--encoder-depth", 0, min: 1),
             CheckpointEvery = o.Int("--ckpt-every", 0, min: 1),
+            GradientAccumulation = o.Int("--grad-accum", 1, min: 1),
             Resume = o.String("--resume", "") is { Length: > 0 } r ? r : null,
             Objective = new ObjectiveConfig(PathType: o.String("--path", "linear", "linear", "cosine"),
                 Weighting: o.String("--weighting", "uniform", "uniform", "lognormal"), ProjCoeff: o.Double("--proj-coeff", 0.5, min: 0),

@@ -117,6 +117,34 @@ public class TrainerTests
     }
 
     [Test]
+    public void GradientAccumulationMatchesTheWholeBatch()
+    {
+        var options = Small with { Steps = 3 };
+        string a = Path.Combine(Path.GetTempPath(), "repa-test-" + Guid.NewGuid().ToString("N"));
+        string b = Path.Combine(Path.GetTempPath(), "repa-test-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var whole = Train(options, repa: true, a);
+            var accumulated = Train(options with { GradientAccumulation = 4 }, repa: true, b);
+            for (int i = 0; i < whole.Count; i++)
+            {
+                Assert.That(accumulated[i].Loss, Is.EqualTo(whole[i].Loss).Within(1e-5), $"loss at step {i + 1}");
+                Assert.That(accumulated[i].Proj, Is.EqualTo(whole[i].Proj).Within(1e-5), $"proj at step {i + 1}");
+                Assert.That(accumulated[i].GradNorm, Is.EqualTo(whole[i].GradNorm).Within(1e-4 * whole[i].GradNorm), $"grad norm at step {i + 1}");
+            }
+            using var be = new CpuBackend(1);
+            using var x = SafeTensors.Read(Path.Combine(a, "checkpoint.safetensors"), be);
+            using var y = SafeTensors.Read(Path.Combine(b, "checkpoint.safetensors"), be);
+            foreach (var name in new[] { "blocks.0.attn.qkv.weight", "final_layer.linear.weight", "projectors.0.4.weight" })
+                Assert.That(y[name].ToFloatArray(), Is.EqualTo(x[name].ToFloatArray()).Within(1e-5), name);
+        }
+        finally
+        {
+            foreach (var d in new[] { a, b }) if (Directory.Exists(d)) Directory.Delete(d, true);
+        }
+    }
+
+    [Test]
     public void TheSameSeedGivesTheSameRun()
     {
         var options = Small with { Steps = 3, Objective = new ObjectiveConfig(ProjCoeff: 0) }; // vanilla SiT
@@ -169,6 +197,7 @@ public class TrainerTests
     [TestCase(new[] { "train", "--data", "/nonexistent/folder" }, "/nonexistent/folder")]
     [TestCase(new[] { "train", "--proj-coeff", "0.5", "--encoder", "none" }, "needs an encoder")]
     [TestCase(new[] { "train", "--lr", "fast" }, "--lr must be a number")]
+    [TestCase(new[] { "train", "--batch", "6", "--grad-accum", "4", "--proj-coeff", "0" }, "--grad-accum 4 must be at least 1 and divide --batch 6")]
     public void BadTrainInputEndsInOneSentence(string[] args, string message)
     {
         var o = new StringWriter();

@@ -35,6 +35,9 @@ public sealed record TrainOptions
     public double MaxGradNorm { get; init; } = 1.0;
     public double EmaDecay { get; init; } = 0.9999;
 
+    /// <summary>Micro-batches per optimiser step (REPA's gradient_accumulation_steps); must divide Batch.</summary>
+    public int GradientAccumulation { get; init; } = 1;
+
     /// <summary>Save a checkpoint every this many steps (0: only at the end).</summary>
     public int CheckpointEvery { get; init; }
 
@@ -67,6 +70,8 @@ public sealed class Trainer : IDisposable
         this.targets = targets;
         if (options.Steps < 1) throw new ArgumentException($"--steps must be at least 1, got {options.Steps}.");
         if (options.Batch < 1) throw new ArgumentException($"--batch must be at least 1, got {options.Batch}.");
+        if (options.GradientAccumulation < 1 || options.Batch % options.GradientAccumulation != 0)
+            throw new ArgumentException($"--grad-accum {options.GradientAccumulation} must be at least 1 and divide --batch {options.Batch}.");
         objective = new Objective(options.Objective);
         bool repa = options.Objective.ProjCoeff > 0;
         if (repa && targets == null)
@@ -161,28 +166,43 @@ public sealed class Trainer : IDisposable
     public StepMetrics Step(int step, Tape tape)
     {
         var sw = Stopwatch.StartNew();
-        tape.Reset();
         optimizer.ZeroGrad();
         var backend = Model.Backend;
-        int n = options.Batch, size = options.ImageSize;
+        int n = options.Batch, size = options.ImageSize, accum = options.GradientAccumulation, micro = n / accum;
+        int perImage = data.Channels * size * size;
+        // Draw the whole step's randomness first, then cut it into micro-batches: an accumulated step sees exactly the
+        // images, labels, times and noise of the unaccumulated one (Philox fills can start at any element).
         var indices = Indices(step);
-        var images = new float[n * data.Channels * size * size];
+        var images = new float[n * perImage];
         var labels = new int[n];
         data.FillBatch(indices, images, labels, size);
-        var x0 = Tensor.FromArray(backend, images, n, data.Channels, size, size);
-        var y = Tensor.FromArray(backend, objective.DropLabels(labels, data.NumClasses, options.Seed, (ulong)step), n);
-        var noise = Objective.SampleNoise(backend, DType.F32, x0.Shape, options.Seed, (ulong)step);
+        var dropped = objective.DropLabels(labels, data.NumClasses, options.Seed, (ulong)step);
         var t = objective.SampleTimes(options.Seed, (ulong)step, n);
-        Tensor[] targetTensors = targets != null && options.Objective.ProjCoeff > 0 ? [targets.Targets(indices, backend, DType.F32)] : [];
-        var loss = objective.Compute(Model, x0, noise, t, y, targetTensors);
-        double total = loss.Total.Item();
-        if (!double.IsFinite(total))
-            throw new InvalidOperationException($"the loss became {total} at step {step}; lower --lr or check the data.");
-        tape.Backward(loss.Total);
+        double total = 0, denoise = 0, proj = 0;
+        for (int k = 0; k < accum; k++)
+        {
+            tape.Reset(); // gradients of the parameters survive; this micro-batch's activations go back to the pool
+            int first = k * micro;
+            var noiseValues = new double[micro * perImage];
+            Philox.Normal(options.Seed, Objective.Stream((ulong)step, Objective.NoisePurpose), (ulong)(first * perImage), noiseValues);
+            var x0 = Tensor.FromArray(backend, images.AsSpan(first * perImage, micro * perImage).ToArray(), micro, data.Channels, size, size);
+            var noise = Tensor.FromArray(backend, Array.ConvertAll(noiseValues, v => (float)v), micro, data.Channels, size, size);
+            var y = Tensor.FromArray(backend, dropped.AsSpan(first, micro).ToArray(), micro);
+            Tensor[] targetTensors = targets != null && options.Objective.ProjCoeff > 0
+                ? [targets.Targets(indices.AsSpan(first, micro), backend, DType.F32)] : [];
+            var loss = objective.Compute(Model, x0, noise, t.AsSpan(first, micro).ToArray(), y, targetTensors);
+            double value = loss.Total.Item();
+            if (!double.IsFinite(value))
+                throw new InvalidOperationException($"the loss became {value} at step {step}; lower --lr or check the data.");
+            total += value / accum;
+            denoise += loss.Denoise.Item() / accum;
+            proj += loss.Proj.Item() / accum;
+            tape.Backward(accum == 1 ? loss.Total : Ops.Scale(loss.Total, 1.0 / accum));
+        }
         double gradNorm = optimizer.Step();
         ema.Update();
         double seconds = sw.Elapsed.TotalSeconds;
-        return new StepMetrics(step, total, loss.Denoise.Item(), loss.Proj.Item(), gradNorm, n / seconds, seconds);
+        return new StepMetrics(step, total, denoise, proj, gradNorm, n / seconds, seconds);
     }
 
     /// <summary>Trains for the configured steps, printing one line per step and writing metrics and the checkpoint.</summary>
