@@ -140,13 +140,16 @@ public sealed class Objective
         return result;
     }
 
-    /// <summary>Standard normal noise of <paramref name="shape"/> from the step's noise stream (not recorded; no grad).</summary>
-    public static Tensor SampleNoise(IBackend backend, DType dtype, int[] shape, ulong seed, ulong step)
+    /// <summary>
+    /// Standard normal noise of <paramref name="shape"/> from the step's noise stream (not recorded; no grad), starting
+    /// at element <paramref name="offset"/> of that stream, so a micro-batch gets exactly its slice of the step's noise.
+    /// </summary>
+    public static Tensor SampleNoise(IBackend backend, DType dtype, int[] shape, ulong seed, ulong step, ulong offset = 0)
     {
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(shape);
         var values = new double[Shapes.Count(shape)];
-        Philox.Normal(seed, Stream(step, NoisePurpose), 0, values);
+        Philox.Normal(seed, Stream(step, NoisePurpose), offset, values);
         return MakeTensor(backend, dtype, values, shape);
     }
 

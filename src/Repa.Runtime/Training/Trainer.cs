@@ -183,10 +183,8 @@ public sealed class Trainer : IDisposable
         {
             tape.Reset(); // gradients of the parameters survive; this micro-batch's activations go back to the pool
             int first = k * micro;
-            var noiseValues = new double[micro * perImage];
-            Philox.Normal(options.Seed, Objective.Stream((ulong)step, Objective.NoisePurpose), (ulong)(first * perImage), noiseValues);
             var x0 = Tensor.FromArray(backend, images.AsSpan(first * perImage, micro * perImage).ToArray(), micro, data.Channels, size, size);
-            var noise = Tensor.FromArray(backend, Array.ConvertAll(noiseValues, v => (float)v), micro, data.Channels, size, size);
+            var noise = Objective.SampleNoise(backend, DType.F32, x0.Shape, options.Seed, (ulong)step, (ulong)(first * perImage));
             var y = Tensor.FromArray(backend, dropped.AsSpan(first, micro).ToArray(), micro);
             Tensor[] targetTensors = targets != null && options.Objective.ProjCoeff > 0
                 ? [targets.Targets(indices.AsSpan(first, micro), backend, DType.F32)] : [];
