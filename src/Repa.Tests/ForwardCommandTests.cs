@@ -19,8 +19,7 @@ public class ForwardCommandTests
     [OneTimeSetUp]
     public void TrainTinyCheckpoint()
     {
-        if (!File.Exists(Path.Combine(IdxDataset.DefaultFashionMnistFolder, "train-images-idx3-ubyte.gz")))
-            Assert.Ignore("Fashion-MNIST is not installed; run scripts/install-data.sh to enable this test.");
+        TrainerTests.Data(); // ignores the fixture when Fashion-MNIST is not installed
         folder = Path.Combine(Path.GetTempPath(), "repa-forward-" + Guid.NewGuid().ToString("N"));
         var o = new StringWriter();
         var e = new StringWriter();

@@ -52,7 +52,8 @@ public class TrainerTests
         Assert.That(other.CachePath, Is.Not.EqualTo(path), "another image size is another cache");
     }
 
-    private static IdxDataset Data()
+    /// <summary>The Fashion-MNIST training set, or the test is ignored with the reason printed.</summary>
+    internal static IdxDataset Data()
     {
         if (!File.Exists(Path.Combine(IdxDataset.DefaultFashionMnistFolder, "train-images-idx3-ubyte.gz")))
             Assert.Ignore("Fashion-MNIST is not installed; run scripts/install-data.sh (the test script does) to enable this test.");
