@@ -46,6 +46,7 @@ public static class Cli
           --cache-dir DIR      where encoder targets are cached (fp16, memory-mapped; default ~/.cache/repa/targets).
           --encoder-size N     encoder input size in px (default 16 x the model's patch grid, so grids match).
           --encoder-depth N    block after which the projector taps the residual stream (default: the preset's).
+          --qk-norm true|false per-head LayerNorm on q and k (timm qk_norm; default false, as REPA).
           --proj-coeff X       REPA loss weight lambda (default 0.5; 0 = vanilla SiT).
           --path linear|cosine interpolant (default linear).
           --weighting uniform|lognormal   t ~ U(0,1) (default) or logit-normal.

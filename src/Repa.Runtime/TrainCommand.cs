@@ -28,6 +28,7 @@ internal static class TrainCommand
             DataFolder = o.String("--data", IdxDataset.DefaultFashionMnistFolder),
             ImageSize = o.Int("--image-size", 32, min: 1),
             EncoderDepth = o.Int("--encoder-depth", 0, min: 1),
+            QkNorm = o.String("--qk-norm", "false", "true", "false") == "true",
             CheckpointEvery = o.Int("--ckpt-every", 0, min: 1),
             GradientAccumulation = o.Int("--grad-accum", 1, min: 1),
             Resume = o.String("--resume", "") is { Length: > 0 } r ? r : null,

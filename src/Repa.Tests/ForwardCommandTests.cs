@@ -23,8 +23,10 @@ public class ForwardCommandTests
         folder = Path.Combine(Path.GetTempPath(), "repa-forward-" + Guid.NewGuid().ToString("N"));
         var o = new StringWriter();
         var e = new StringWriter();
-        int code = Cli.Run(["train", "--config", "SiT-T/4", "--steps", "2", "--batch", "4", "--out", folder, "--lr", "1e-3"], o, e);
+        // qk-norm on: the forward command must rebuild it from config.json (the plain model is covered by TrainerTests).
+        int code = Cli.Run(["train", "--config", "SiT-T/4", "--steps", "2", "--batch", "4", "--out", folder, "--lr", "1e-3", "--qk-norm", "true"], o, e);
         Assert.That(code, Is.EqualTo(0), e.ToString());
+        Assert.That(ForwardCommand.LoadConfig(Path.Combine(folder, "config.json")).model.QkNorm, Is.True);
     }
 
     [OneTimeTearDown]

@@ -258,12 +258,13 @@ public class SiTTests
         return loss;
     }
 
-    [Test, Category("GradCheck")]
-    public void GradientsMatchFiniteDifferencesEndToEnd()
+    [TestCase(false), TestCase(true), Category("GradCheck")]
+    public void GradientsMatchFiniteDifferencesEndToEnd(bool qkNorm)
     {
-        using var model = new SiT(Backend, DType.F64, Micro, seed: 5);
+        var cfg = Micro with { QkNorm = qkNorm };
+        using var model = new SiT(Backend, DType.F64, cfg, seed: 5);
         PerturbZeroInit(model, seed: 11);
-        var (x, t, y) = Inputs(DType.F64, Micro, n: 2, seed: 3, labels: [2, 3]);
+        var (x, t, y) = Inputs(DType.F64, cfg, n: 2, seed: 3, labels: [2, 3]);
         x.AsParameter("x");
         t.AsParameter("t");
         try
@@ -422,10 +423,63 @@ public class SiTTests
         Assert.That(() => new SiT(Backend, DType.F32, cfg, 0), Throws.ArgumentException.With.Message.Contains(message));
     }
 
+    // ---- qk-norm ----
+
     [Test]
-    public void QkNormIsNotSupportedYet()
+    public void QkNormAddsTimmLayerNormsBetweenQkvAndProj()
     {
-        var cfg = Micro with { QkNorm = true };
-        Assert.That(() => new SiT(Backend, DType.F32, cfg, 0), Throws.InstanceOf<NotSupportedException>().With.Message.Contains("qk_norm"));
+        var cfg = SiTConfig.Tiny with { QkNorm = true };
+        using var model = new SiT(Backend, DType.F32, cfg, seed: 0);
+        var names = model.StateDict().Select(e => e.Name).ToList();
+        int at = names.IndexOf("blocks.0.attn.qkv.weight");
+        Assert.That(names.Skip(at).Take(8), Is.EqualTo(new[]
+        {
+            "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.q_norm.weight", "blocks.0.attn.q_norm.bias",
+            "blocks.0.attn.k_norm.weight", "blocks.0.attn.k_norm.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias",
+        }));
+        Assert.That(model.StateDict().Count(e => e.Name.Contains("_norm.")), Is.EqualTo(4 * cfg.Depth));
+        Assert.That(model["blocks.5.attn.k_norm.weight"].Shape, Is.EqualTo(new[] { 64 }), "LayerNorm(head_dim), shared by the heads");
+        Assert.That(model["blocks.5.attn.q_norm.weight"].ToFloatArray(), Is.All.EqualTo(1f), "nn.LayerNorm's default init");
+        Assert.That(model["blocks.5.attn.q_norm.bias"].ToFloatArray(), Is.All.EqualTo(0f));
+        using var plain = new SiT(Backend, DType.F32, SiTConfig.Tiny, seed: 0);
+        Assert.That(model.ParameterCount - plain.ParameterCount, Is.EqualTo(cfg.Depth * 4 * 64));
+    }
+
+    /// <summary>
+    /// LayerNorm is invariant to a positive scale of its input (up to eps), so with qk-norm scaling the q rows (0..D-1) or
+    /// the k rows (D..2D-1) of qkv barely changes the output, while without it the attention logits change; the v rows
+    /// (2D..3D-1) are not normalised either way. This pins down which rows are q and k and that the norm is per head.
+    /// </summary>
+    [Test]
+    public void QkNormNormalisesTheQAndKRowsOfQkv()
+    {
+        double Change(bool qkNorm, int firstRow)
+        {
+            var cfg = Micro with { QkNorm = qkNorm };
+            using var model = new SiT(Backend, DType.F64, cfg, seed: 5);
+            PerturbZeroInit(model, seed: 11);
+            using var tape = new Tape();
+            using var _ = Tape.NoGrad();
+            var (x, t, y) = Inputs(DType.F64, cfg, n: 2, seed: 3, labels: [0, 1]);
+            var before = model.Forward(x, t, y).Output.ToDoubleArray();
+            int d = cfg.HiddenSize;
+            foreach (var name in new[] { "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias" })
+            {
+                var tensor = model[name];
+                var values = tensor.ToDoubleArray();
+                int width = values.Length / (3 * d);
+                for (long j = (long)firstRow * width; j < (long)(firstRow + d) * width; j++) values[j] *= 3;
+                Set(tensor, values);
+            }
+            var after = model.Forward(x, t, y).Output.ToDoubleArray();
+            return before.Zip(after, (a, b) => Math.Abs(a - b)).Max() / before.Max(Math.Abs);
+        }
+
+        int d = Micro.HiddenSize;
+        Assert.That(Change(qkNorm: true, firstRow: 0), Is.LessThan(1e-6), "q rows with qk-norm");
+        Assert.That(Change(qkNorm: true, firstRow: d), Is.LessThan(1e-6), "k rows with qk-norm");
+        Assert.That(Change(qkNorm: false, firstRow: 0), Is.GreaterThan(1e-3), "q rows without qk-norm");
+        Assert.That(Change(qkNorm: false, firstRow: d), Is.GreaterThan(1e-3), "k rows without qk-norm");
+        Assert.That(Change(qkNorm: true, firstRow: 2 * d), Is.GreaterThan(1e-3), "v rows are not normalised");
     }
 }

@@ -17,8 +17,13 @@ namespace Repa.Runtime.Models;
 /// </remarks>
 public sealed class SiT : Module
 {
-    private sealed record Block(Tensor QkvW, Tensor QkvB, Tensor ProjW, Tensor ProjB, Tensor Fc1W, Tensor Fc1B, Tensor Fc2W, Tensor Fc2B,
-        Tensor AdaW, Tensor AdaB);
+    private sealed record Block(Tensor QkvW, Tensor QkvB, QkNorm? QkNorm, Tensor ProjW, Tensor ProjB, Tensor Fc1W, Tensor Fc1B, Tensor Fc2W,
+        Tensor Fc2B, Tensor AdaW, Tensor AdaB);
+
+    /// <summary>timm's q_norm / k_norm: LayerNorm(head_dim), affine, eps 1e-5, shared by all heads.</summary>
+    private sealed record QkNorm(Tensor QW, Tensor QB, Tensor KW, Tensor KB);
+
+    private const double QkNormEps = 1e-5;
 
     private sealed record Projector(Tensor W0, Tensor B0, Tensor W2, Tensor B2, Tensor W4, Tensor B4);
 
@@ -29,8 +34,6 @@ public sealed class SiT : Module
     public SiT(IBackend backend, DType dtype, SiTConfig config, ulong seed) : base(backend, dtype, seed)
     {
         Config = (config ?? throw new ArgumentNullException(nameof(config))).Validate();
-        if (config.QkNorm)
-            throw new NotSupportedException($"{config.Name}: qk_norm is not implemented yet; build the model with QkNorm = false.");
         int d = config.HiddenSize, c = config.InChannels, p = config.PatchSize, g = config.GridSize, f = SiTConfig.FrequencyEmbeddingSize;
         var xavier = Init.XavierUniform;
         var zero = Init.Zeros;
@@ -48,10 +51,15 @@ public sealed class SiT : Module
         for (int i = 0; i < config.Depth; i++)
         {
             string b = $"blocks.{i}.";
-            int h = config.MlpHidden;
+            int h = config.MlpHidden, hd = config.HeadDim;
             blocks[i] = new Block(
                 Parameter(b + "attn.qkv.weight", [3 * d, d], xavier), // one [3D, D] matrix, as the reference
                 Parameter(b + "attn.qkv.bias", [3 * d], zero),
+                // Registered between qkv and proj, as timm's Attention does (state_dict order).
+                config.QkNorm
+                    ? new QkNorm(Parameter(b + "attn.q_norm.weight", [hd], Init.Constant(1)), Parameter(b + "attn.q_norm.bias", [hd], zero),
+                        Parameter(b + "attn.k_norm.weight", [hd], Init.Constant(1)), Parameter(b + "attn.k_norm.bias", [hd], zero))
+                    : null,
                 Parameter(b + "attn.proj.weight", [d, d], xavier),
                 Parameter(b + "attn.proj.bias", [d], zero),
                 Parameter(b + "mlp.fc1.weight", [h, d], xavier),
@@ -106,7 +114,9 @@ public sealed class SiT : Module
             var mod = Ops.Chunk(Ops.Linear(cAct, blk.AdaW, blk.AdaB), 6, 1);
             // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
             var a = Ops.LayerNormModulate(h, mod[0], mod[1], 1e-6);
-            var attn = Ops.Linear(Ops.Attention(Ops.Linear(a, blk.QkvW, blk.QkvB), cfg.NumHeads), blk.ProjW, blk.ProjB);
+            var qkv = Ops.Linear(a, blk.QkvW, blk.QkvB);
+            if (blk.QkNorm != null) qkv = NormalizeQk(qkv, blk.QkNorm);
+            var attn = Ops.Linear(Ops.Attention(qkv, cfg.NumHeads), blk.ProjW, blk.ProjB);
             h = Ops.GatedResidual(h, mod[2], attn);
             var m = Ops.LayerNormModulate(h, mod[3], mod[4], 1e-6);
             var mlp = Ops.Linear(Ops.Gelu(Ops.Linear(m, blk.Fc1W, blk.Fc1B)), blk.Fc2W, blk.Fc2B);
@@ -119,6 +129,16 @@ public sealed class SiT : Module
         var tokens = Ops.Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C]
         var output = Ops.Unpatchify(tokens, cfg.InChannels, cfg.PatchSize, g, g);
         return (output, projections);
+    }
+
+    /// <summary>qk-norm on the packed qkv [N, T, 3D] (features ordered [3, heads, head_dim]): LayerNorm over head_dim of q and k.</summary>
+    private Tensor NormalizeQk(Tensor qkv, QkNorm norm)
+    {
+        int n = qkv.Shape[0], t = qkv.Shape[1], heads = Config.NumHeads, hd = Config.HeadDim;
+        var qkvParts = Ops.Chunk(Ops.Reshape(qkv, n, t, 3, heads, hd), 3, 2);
+        var q = Ops.LayerNorm(qkvParts[0], norm.QW, norm.QB, QkNormEps);
+        var k = Ops.LayerNorm(qkvParts[1], norm.KW, norm.KB, QkNormEps);
+        return Ops.Reshape(Ops.Concat([q, k, qkvParts[2]], 2), n, t, 3 * heads * hd);
     }
 
     /// <summary>Linear(D, W) -> SiLU -> Linear(W, W) -> SiLU -> Linear(W, z), per token: [N, T, D] -> [N, T, z].</summary>

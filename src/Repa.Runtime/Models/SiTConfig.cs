@@ -38,7 +38,7 @@ public sealed record SiTConfig
     /// <summary>Hidden width of the projector MLPs (2048 in REPA).</summary>
     public int ProjectorDim { get; init; } = 2048;
 
-    /// <summary>timm's per-head LayerNorm on q and k; not implemented yet (the model refuses it).</summary>
+    /// <summary>timm's per-head LayerNorm (affine, eps 1e-5) on q and k after the qkv split; off in the reference's presets.</summary>
     public bool QkNorm { get; init; }
 
     /// <summary>Width of the timestep frequency embedding (fixed by the reference).</summary>

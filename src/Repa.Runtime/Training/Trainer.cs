@@ -31,6 +31,9 @@ public sealed record TrainOptions
     public string DataFolder { get; init; } = IdxDataset.DefaultFashionMnistFolder;
     public int ImageSize { get; init; } = 32;
     public int EncoderDepth { get; init; }
+
+    /// <summary>timm qk-norm in every attention block (REPA's --qk-norm).</summary>
+    public bool QkNorm { get; init; }
     public ObjectiveConfig Objective { get; init; } = new();
     public double MaxGradNorm { get; init; } = 1.0;
     public double EmaDecay { get; init; } = 0.9999;
@@ -82,6 +85,7 @@ public sealed class Trainer : IDisposable
             InChannels = data.Channels,
             NumClasses = data.NumClasses,
             ZDims = repa ? [targets!.Dim] : [],
+            QkNorm = options.QkNorm,
         };
         if (options.EncoderDepth > 0) config = config with { EncoderDepth = options.EncoderDepth };
         Config = config.Validate();
