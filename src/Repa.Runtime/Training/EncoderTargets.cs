@@ -94,7 +94,7 @@ public sealed class EncoderTargets : ITargetProvider, IDisposable
             SavePresent();
             int done = start + chunk.Length;
             double rate = done / sw.Elapsed.TotalSeconds;
-            progress?.Write($"\rencoder targets {done}/{todo.Length} [{new string('#', 30 * done / todo.Length),-30}] {rate:F1} img/s, ETA {TimeSpan.FromSeconds((todo.Length - done) / rate):mm\\:ss}   ");
+            progress?.Write($"\rencoder targets {ProgressBar.Bar(done, todo.Length)} {done}/{todo.Length} | {rate:F1} img/s | ETA {ProgressBar.Eta(sw.Elapsed, done, todo.Length)}   ");
         }
         progress?.WriteLine();
     }

@@ -226,9 +226,8 @@ public sealed class Trainer : IDisposable
             var m = Step(step, tape);
             history.Add(m);
             CompletedSteps = step;
-            double eta = total.Elapsed.TotalSeconds / history.Count * (options.Steps - step);
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s{Mfu(m)} | ETA {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}"));
+                $"{ProgressBar.Bar(step, options.Steps)} step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s{Mfu(m)} | ETA {ProgressBar.Eta(total.Elapsed, history.Count, options.Steps - CompletedSteps + history.Count)}"));
             metrics.WriteLine(JsonSerializer.Serialize(m));
             metrics.Flush();
             if (Stop.IsCancellationRequested)
