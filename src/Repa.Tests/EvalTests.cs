@@ -1,5 +1,8 @@
 using NUnit.Framework;
+using Repa.Autograd;
 using Repa.Kernels;
+using Repa.Kernels.Cpu;
+using Repa.Runtime.Checkpoints;
 using Repa.Runtime.Eval;
 
 namespace Repa.Tests;
@@ -239,5 +242,278 @@ public class EvalTests
         Assert.Throws<ArgumentException>(() => SymmetricEigen.Eigenvalues(new double[5], 2));
         Assert.Throws<ArgumentException>(() => SymmetricEigen.Decompose([], 0));
         Assert.Throws<ArgumentException>(() => SymmetricEigen.Decompose([1, double.NaN, double.NaN, 1], 2));
+    }
+
+    // ---- Gaussian statistics ----
+
+    /// <summary>Two-pass mean and (n - 1) covariance, written out naively.</summary>
+    private static (double[] Mean, double[] Cov) TwoPass(double[] x, int n, int d)
+    {
+        var mean = new double[d];
+        for (int r = 0; r < n; r++)
+            for (int i = 0; i < d; i++) mean[i] += x[r * d + i];
+        for (int i = 0; i < d; i++) mean[i] /= n;
+        var cov = new double[d * d];
+        for (int r = 0; r < n; r++)
+            for (int i = 0; i < d; i++)
+                for (int j = 0; j < d; j++) cov[i * d + j] += (x[r * d + i] - mean[i]) * (x[r * d + j] - mean[j]);
+        for (int i = 0; i < d * d; i++) cov[i] /= n - 1;
+        return (mean, cov);
+    }
+
+    /// <summary>Correlated, offset features: x = 1000 + z A with z standard normal, so centring matters.</summary>
+    private static double[] Features(ulong seed, int n, int d, double offset = 1000)
+    {
+        var z = Normal(seed, n * d);
+        var mix = Normal(seed + 1000, d * d);
+        var x = MatMul(z, mix, n, d, d);
+        for (int i = 0; i < x.Length; i++) x[i] = x[i] / Math.Sqrt(d) + offset + i % d;
+        return x;
+    }
+
+    [Test]
+    public void StreamingStatisticsEqualTheOneShotTwoPassOnes()
+    {
+        const int n = 2600, d = 13; // more rows than one chunk, so Add also splits internally
+        var x = Features(1, n, d);
+        var (mean, cov) = TwoPass(x, n, d);
+
+        var oneShot = GaussianStats.FromFeatures(x, d);
+        var acc = new GaussianStatsAccumulator(d);
+        int start = 0;
+        foreach (int rows in new[] { 1, 7, 100, 1500, n - 1608 })
+        {
+            acc.Add(x.AsSpan(start * d, rows * d));
+            start += rows;
+        }
+        Assert.That(start, Is.EqualTo(n));
+        var streamed = acc.ToStats();
+
+        double covScale = MaxAbs(cov);
+        foreach (var s in new[] { oneShot, streamed })
+        {
+            Assert.That(s.Count, Is.EqualTo(n));
+            Assert.That(s.Dim, Is.EqualTo(d));
+            Assert.That(MaxAbsDiff(s.Mean, mean), Is.LessThan(1e-12 * 1000));
+            Assert.That(MaxAbsDiff(s.Covariance, cov), Is.LessThan(1e-12 * covScale));
+            Assert.That(MaxAbsDiff(s.Covariance, Transpose(s.Covariance, d, d)), Is.EqualTo(0));
+        }
+
+        // fp32 batches accumulate in float64: the statistics of the rounded features.
+        var x32 = x.Select(v => (float)v).ToArray();
+        var (mean32, cov32) = TwoPass(x32.Select(v => (double)v).ToArray(), n, d);
+        var from32 = GaussianStats.FromFeatures(x32, d);
+        Assert.That(MaxAbsDiff(from32.Mean, mean32), Is.LessThan(1e-12 * 1000));
+        Assert.That(MaxAbsDiff(from32.Covariance, cov32), Is.LessThan(1e-12 * covScale));
+    }
+
+    [Test]
+    public void StatisticsRejectBadInput()
+    {
+        var acc = new GaussianStatsAccumulator(3);
+        Assert.Throws<ArgumentException>(() => acc.Add(new double[4]));
+        acc.Add(new double[] { 1, 2, 3 });
+        Assert.Throws<InvalidOperationException>(() => acc.ToStats());
+        var ex = Assert.Throws<ArgumentException>(() => acc.Add(new double[] { 1, 2, 3, 4, double.NaN, 6 }))!;
+        Assert.That(ex.Message, Does.Contain("sample 2, feature 1"));
+        Assert.Throws<ArgumentException>(() => _ = new GaussianStatsAccumulator(0));
+        Assert.Throws<ArgumentException>(() => _ = new GaussianStats([1, 2], new double[3], 5));
+    }
+
+    [Test]
+    public void StatisticsSaveAndLoadRoundTripExactly()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "repa-eval-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            var stats = GaussianStats.FromFeatures(Features(2, 300, 7), 7);
+            string path = Path.Combine(dir, "real.safetensors");
+            stats.Save(path, new Dictionary<string, string> { ["encoder"] = "dinov2-vit-b" });
+            var back = GaussianStats.Load(path, out var meta);
+            Assert.That(back.Mean, Is.EqualTo(stats.Mean));
+            Assert.That(back.Covariance, Is.EqualTo(stats.Covariance));
+            Assert.That(back.Count, Is.EqualTo(300));
+            Assert.That(meta["encoder"], Is.EqualTo("dinov2-vit-b"));
+            Assert.That(FrechetDistance.Compute(stats, back), Is.EqualTo(FrechetDistance.Compute(stats, stats)));
+
+            // Another tool's file: F32 "mu"/"sigma", no count, an extra tensor.
+            var be = CpuBackend.Default;
+            string f32 = Path.Combine(dir, "f32.safetensors");
+            using (var mu = Tensor.FromArray(be, new[] { 1f, -2f }, 2))
+            using (var sigma = Tensor.FromArray(be, new[] { 2f, 0.5f, 0.5f, 1f }, 2, 2))
+            using (var extra = Tensor.FromArray(be, new[] { 7 }, 1))
+                SafeTensors.Write(f32, [("mu", mu), ("sigma", sigma), ("n", extra)]);
+            var other = GaussianStats.Load(f32);
+            Assert.That(other.Mean, Is.EqualTo(new[] { 1.0, -2.0 }));
+            Assert.That(other.Covariance, Is.EqualTo(new[] { 2.0, 0.5, 0.5, 1.0 }));
+            Assert.That(other.Count, Is.EqualTo(0));
+
+            Assert.Throws<FileNotFoundException>(() => GaussianStats.Load(Path.Combine(dir, "missing.safetensors")));
+            string wrong = Path.Combine(dir, "wrong.safetensors");
+            using (var mu = Tensor.FromArray(be, new[] { 1.0, 2.0 }, 2))
+                SafeTensors.Write(wrong, [("mu", mu)]);
+            Assert.That(() => GaussianStats.Load(wrong), Throws.TypeOf<InvalidDataException>().With.Message.Contains("sigma"));
+            using (var mu = Tensor.FromArray(be, new[] { 1.0, 2.0 }, 2))
+            using (var sigma = Tensor.FromArray(be, new[] { 1.0, 0, 0 }, 3))
+                SafeTensors.Write(wrong, [("mu", mu), ("sigma", sigma)]);
+            Assert.Throws<InvalidDataException>(() => GaussianStats.Load(wrong));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    // ---- Frechet distance ----
+
+    [Test]
+    public void FrechetDistanceOfIdenticalStatisticsIsZero()
+    {
+        foreach (var (n, d) in new[] { (3000, 48), (40, 64) }) // full-rank, and singular (fewer samples than dimensions)
+        {
+            var stats = GaussianStats.FromFeatures(Features(3, n, d, offset: 5), d);
+            double trace = 0;
+            for (int i = 0; i < d; i++) trace += stats.Covariance[i * d + i];
+            double fd = FrechetDistance.Compute(stats, stats);
+            Assert.That(Math.Abs(fd), Is.LessThan(1e-12 * 2 * trace), $"n = {n}, d = {d}");
+        }
+    }
+
+    [Test]
+    public void FrechetDistanceOfDiagonalGaussiansMatchesTheClosedForm()
+    {
+        // Diagonal (commuting) covariances: FD = |mu1 - mu2|^2 + sum_i (sqrt a_i - sqrt b_i)^2.
+        double[] a = [4, 1, 0.25, 9, 1e-6, 0], b = [1, 1, 1, 16, 0, 2];
+        double[] mu1 = [0, 1, 2, 3, 4, 5], mu2 = [1, 1, 0, 3, 4, 4.5];
+        int d = a.Length;
+        double expected = 0;
+        for (int i = 0; i < d; i++)
+            expected += (mu1[i] - mu2[i]) * (mu1[i] - mu2[i]) + (Math.Sqrt(a[i]) - Math.Sqrt(b[i])) * (Math.Sqrt(a[i]) - Math.Sqrt(b[i]));
+        var s1 = new double[d * d];
+        var s2 = new double[d * d];
+        for (int i = 0; i < d; i++)
+        {
+            s1[i * d + i] = a[i];
+            s2[i * d + i] = b[i];
+        }
+        Assert.That(FrechetDistance.Compute(mu1, s1, mu2, s2), Is.EqualTo(expected).Within(1e-12 * expected));
+
+        // Rotating both by the same orthogonal matrix (still commuting, no longer diagonal) changes nothing.
+        var q = RandomOrthogonal(d, 8);
+        double rotated = FrechetDistance.Compute(mu1, WithSpectrum(a, q), mu2, WithSpectrum(b, q));
+        Assert.That(rotated, Is.EqualTo(expected).Within(1e-10 * expected));
+
+        // One dimension: (mu1 - mu2)^2 + (sigma1 - sigma2)^2.
+        Assert.That(FrechetDistance.Compute([2.0], [9.0], [-1.0], [0.25]), Is.EqualTo(9 + 2.5 * 2.5).Within(1e-14));
+    }
+
+    [Test]
+    public void FrechetDistanceOfNonCommutingTwoByTwoMatchesTheClosedForm()
+    {
+        // For 2 x 2 X with eigenvalues x1, x2 >= 0: tr X^{1/2} = sqrt(x1) + sqrt(x2) = sqrt(tr X + 2 sqrt(det X)).
+        double[] s1 = [2, 0.9, 0.9, 1], s2 = [0.5, -0.3, -0.3, 3];
+        var prod = MatMul(s1, s2, 2, 2, 2);
+        double det = (s1[0] * s1[3] - s1[1] * s1[2]) * (s2[0] * s2[3] - s2[1] * s2[2]);
+        double traceSqrt = Math.Sqrt(prod[0] + prod[3] + 2 * Math.Sqrt(det));
+        Assert.That(MaxAbsDiff(prod, Transpose(prod, 2, 2)), Is.GreaterThan(0.1), "the pair must not commute");
+        Assert.That(FrechetDistance.TraceSqrtProduct(s1, s2, 2), Is.EqualTo(traceSqrt).Within(1e-14));
+        double expected = 1 + 4 + 3 + 3.5 - 2 * traceSqrt;
+        Assert.That(FrechetDistance.Compute([0.0, 0], s1, [1.0, 2], s2), Is.EqualTo(expected).Within(1e-13));
+    }
+
+    /// <summary>Gauss-Jordan inverse with partial pivoting.</summary>
+    private static double[] Inverse(double[] a, int n)
+    {
+        var m = (double[])a.Clone();
+        var inv = Identity(n);
+        for (int c = 0; c < n; c++)
+        {
+            int p = c;
+            for (int r = c + 1; r < n; r++)
+                if (Math.Abs(m[r * n + c]) > Math.Abs(m[p * n + c])) p = r;
+            for (int k = 0; k < n; k++)
+            {
+                (m[c * n + k], m[p * n + k]) = (m[p * n + k], m[c * n + k]);
+                (inv[c * n + k], inv[p * n + k]) = (inv[p * n + k], inv[c * n + k]);
+            }
+            double piv = m[c * n + c];
+            for (int k = 0; k < n; k++)
+            {
+                m[c * n + k] /= piv;
+                inv[c * n + k] /= piv;
+            }
+            for (int r = 0; r < n; r++)
+            {
+                if (r == c) continue;
+                double f = m[r * n + c];
+                for (int k = 0; k < n; k++)
+                {
+                    m[r * n + k] -= f * m[c * n + k];
+                    inv[r * n + k] -= f * inv[c * n + k];
+                }
+            }
+        }
+        return inv;
+    }
+
+    [Test]
+    public void FrechetDistanceOfNonCommutingCovariancesMatchesDenmanBeaversSquareRoot()
+    {
+        // Independent route: the principal square root of the (non-symmetric) product S1 S2 by the Denman-Beavers
+        // iteration Y <- (Y + Z^-1)/2, Z <- (Z + Y^-1)/2 from Y = S1 S2, Z = I, then its trace.
+        const int d = 12;
+        var s1 = GaussianStats.FromFeatures(Features(4, 200, d), d);
+        var s2 = GaussianStats.FromFeatures(Features(5, 150, d, offset: -3), d);
+        var y = MatMul(s1.Covariance, s2.Covariance, d, d, d);
+        var z = Identity(d);
+        for (int it = 0; it < 60; it++)
+        {
+            var yInv = Inverse(y, d);
+            var zInv = Inverse(z, d);
+            for (int i = 0; i < d * d; i++)
+            {
+                double yi = y[i];
+                y[i] = 0.5 * (yi + zInv[i]);
+                z[i] = 0.5 * (z[i] + yInv[i]);
+            }
+        }
+        double traceSqrt = 0;
+        for (int i = 0; i < d; i++) traceSqrt += y[i * d + i];
+        double ours = FrechetDistance.TraceSqrtProduct(s1.Covariance, s2.Covariance, d);
+        Assert.That(ours, Is.EqualTo(traceSqrt).Within(1e-10 * traceSqrt));
+
+        double meanTerm = s1.Mean.Zip(s2.Mean).Sum(p => (p.First - p.Second) * (p.First - p.Second));
+        double tr1 = 0, tr2 = 0;
+        for (int i = 0; i < d; i++)
+        {
+            tr1 += s1.Covariance[i * d + i];
+            tr2 += s2.Covariance[i * d + i];
+        }
+        double fd = FrechetDistance.Compute(s1, s2);
+        Assert.That(fd, Is.EqualTo(meanTerm + tr1 + tr2 - 2 * traceSqrt).Within(1e-10 * (meanTerm + tr1 + tr2)));
+        // FD is symmetric in its arguments (the route through sqrt(S1) is not, so this checks the numerics too).
+        Assert.That(FrechetDistance.Compute(s2, s1), Is.EqualTo(fd).Within(1e-10 * (meanTerm + tr1 + tr2)));
+        Assert.Throws<ArgumentException>(() => FrechetDistance.Compute(s1, GaussianStats.FromFeatures(Features(6, 10, 3), 3)));
+    }
+
+    [Test]
+    public void FrechetDistanceBetweenSamplesOfShiftedStandardNormalsApproachesTheSquaredShift()
+    {
+        // N(0, I) vs N(m, I) in 8 dimensions with |m|^2 = 1: the population FD is exactly 1. With n = 20000 samples each,
+        // the estimate's error is dominated by the sampled means: about 2 |m| sqrt(2/n) ~ 0.02 (one sd), plus a
+        // covariance bias of order d^2 / n ~ 0.003.
+        const int n = 20000, d = 8;
+        var x = Normal(40, n * d);
+        var y = Normal(41, n * d);
+        for (int i = 0; i < y.Length; i++) y[i] += 1 / Math.Sqrt(d);
+        double fd = FrechetDistance.Compute(GaussianStats.FromFeatures(x, d), GaussianStats.FromFeatures(y, d));
+        TestContext.Out.WriteLine($"FD = {fd}");
+        Assert.That(fd, Is.EqualTo(1.0).Within(0.06));
+        // Same distribution: the FD is only the small estimation bias.
+        var x2 = Normal(42, n * d);
+        double same = FrechetDistance.Compute(GaussianStats.FromFeatures(x, d), GaussianStats.FromFeatures(x2, d));
+        TestContext.Out.WriteLine($"FD same = {same}");
+        Assert.That(same, Is.InRange(0.0, 0.01));
     }
 }
