@@ -516,4 +516,162 @@ public class EvalTests
         TestContext.Out.WriteLine($"FD same = {same}");
         Assert.That(same, Is.InRange(0.0, 0.01));
     }
+
+    // ---- CKNNA ----
+
+    /// <summary>
+    /// platonic-rep's cknna (unbiased, not distance-agnostic) transcribed with dense n x n matrices: top-k of each row
+    /// with the diagonal excluded, 0/1 masks, their product, and hsic_unbiased on the masked kernels.
+    /// </summary>
+    private static double DenseCknna(double[] a, int da, double[] b, int db, int n, int k, double eps)
+    {
+        double[] Kernel(double[] f, int d)
+        {
+            var g = new double[n * n];
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++)
+                {
+                    double s = 0;
+                    for (int c = 0; c < d; c++) s += f[i * d + c] * f[j * d + c];
+                    g[i * n + j] = s;
+                }
+            return g;
+        }
+        double[] TopKMask(double[] g)
+        {
+            var m = new double[n * n];
+            for (int i = 0; i < n; i++)
+                foreach (int j in Enumerable.Range(0, n).Where(j => j != i).OrderByDescending(j => g[i * n + j]).ThenBy(j => j).Take(k))
+                    m[i * n + j] = 1;
+            return m;
+        }
+        double Hsic(double[] kt, double[] lt)
+        {
+            // hsic_unbiased: zero diagonals, then (sum(K~ * L~^T) + sum K~ sum L~ / ((m-1)(m-2)) - 2 sum(K~ L~) / (m-2)) / (m(m-3)).
+            double first = 0, sk = 0, sl = 0, prod = 0;
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++)
+                {
+                    double kij = i == j ? 0 : kt[i * n + j], lij = i == j ? 0 : lt[i * n + j], lji = i == j ? 0 : lt[j * n + i];
+                    first += kij * lji;
+                    sk += kij;
+                    sl += lij;
+                }
+            var kl = MatMul(kt.Select((v, idx) => idx / n == idx % n ? 0 : v).ToArray(), lt.Select((v, idx) => idx / n == idx % n ? 0 : v).ToArray(), n, n, n);
+            prod = kl.Sum();
+            double m = n;
+            return (first + sk * sl / ((m - 1) * (m - 2)) - 2 * prod / (m - 2)) / (m * (m - 3));
+        }
+        double Similarity(double[] kk, double[] ll)
+        {
+            var mk = TopKMask(kk);
+            var ml = TopKMask(ll);
+            var mask = mk.Zip(ml, (x, y) => x * y).ToArray();
+            return Hsic(mask.Zip(kk, (x, y) => x * y).ToArray(), mask.Zip(ll, (x, y) => x * y).ToArray());
+        }
+        var K = Kernel(a, da);
+        var L = Kernel(b, db);
+        return Similarity(K, L) / (Math.Sqrt(Similarity(K, K) * Similarity(L, L)) + eps);
+    }
+
+    /// <summary>Two views of the same samples: B = A W + noise, so their neighbourhoods partly agree.</summary>
+    private static (double[] A, double[] B) CorrelatedViews(int n, int da, int db, double noise, ulong seed)
+    {
+        var a = Normal(seed, n * da);
+        var w = Normal(seed + 1, da * db);
+        var b = MatMul(a, w, n, da, db);
+        var e = Normal(seed + 2, n * db);
+        for (int i = 0; i < b.Length; i++) b[i] = b[i] / Math.Sqrt(da) + noise * e[i];
+        return (a, b);
+    }
+
+    [TestCase(60, 5, 0.5)]
+    [TestCase(97, 10, 1.0)]
+    [TestCase(41, 40, 0.3)] // k = n - 1: every other sample is a neighbour
+    public void CknnaMatchesADenseTranscriptionOfTheReference(int n, int k, double noise)
+    {
+        var (a, b) = CorrelatedViews(n, 7, 11, noise, (ulong)(n + k));
+        double expected = DenseCknna(a, 7, b, 11, n, k, Cknna.ReferenceEpsilon);
+        double got = Cknna.Compute(a, 7, b, 11, k, normalize: false);
+        TestContext.Out.WriteLine($"n={n} k={k}: {got} vs {expected}");
+        Assert.That(got, Is.EqualTo(expected).Within(1e-12 * Math.Abs(expected) + 1e-15));
+        Assert.That(Math.Abs(expected), Is.GreaterThan(0.05), "the case must measure something");
+
+        // normalize: the same metric on unit-norm rows.
+        var an = (double[])a.Clone();
+        var bn = (double[])b.Clone();
+        Cknna.NormalizeRows(an, 7);
+        Cknna.NormalizeRows(bn, 11);
+        Assert.That(Cknna.Compute(a, 7, b, 11, k), Is.EqualTo(DenseCknna(an, 7, bn, 11, n, k, Cknna.ReferenceEpsilon)).Within(1e-12));
+    }
+
+    [Test]
+    public void CknnaIsOneForIdenticalAndRotatedOrScaledCopies()
+    {
+        // Identical features: sim(K, L) = sim(K, K) = sim(L, L), so the ratio is 1 (exactly, with epsilon 0).
+        const int n = 400, d = 24;
+        var a = Normal(60, n * d);
+        Assert.That(Cknna.Compute(a, d, a, d, epsilon: 0), Is.EqualTo(1.0).Within(1e-14));
+        Assert.That(Cknna.Compute(a, d, a, d, normalize: false, epsilon: 0), Is.EqualTo(1.0).Within(1e-14));
+        // The reference's epsilon only lowers it: s / (s + 1e-6).
+        double withEps = Cknna.Compute(a, d, a, d);
+        Assert.That(withEps, Is.LessThan(1.0).And.GreaterThan(0.99));
+
+        // B = c A Q (Q orthogonal d x d, then embedded in 40 dimensions by an isometry): L = c^2 K, so the neighbours
+        // agree and every sim scales by c^2, the ratio stays 1 without normalisation too.
+        const int db = 40;
+        var q = RandomOrthogonal(db, 61); // its first d rows form an isometry R^d -> R^db
+        var iso = q.Take(d * db).ToArray();
+        var b = MatMul(a, iso, n, d, db);
+        for (int i = 0; i < b.Length; i++) b[i] *= 3.7;
+        Assert.That(Cknna.Compute(a, d, b, db, normalize: false, epsilon: 0), Is.EqualTo(1.0).Within(1e-12));
+        // A different positive scale per sample changes the raw kernel but not the normalised one.
+        for (int r = 0; r < n; r++)
+            for (int c = 0; c < db; c++) b[r * db + c] *= 0.5 + r % 7;
+        Assert.That(Cknna.Compute(a, d, b, db, epsilon: 0), Is.EqualTo(1.0).Within(1e-12));
+        Assert.That(Cknna.Compute(a, d, b, db, normalize: false, epsilon: 0), Is.LessThan(0.999));
+    }
+
+    [Test]
+    public void CknnaOfIndependentFeaturesIsNearZeroAndGrowsWithSharedStructure()
+    {
+        // Independent Gaussian features of 2000 samples: the k = 10 neighbourhoods barely meet (about k^2 / n = 0.05
+        // shared neighbours per sample), so the value must be small; 0.05 is the bound held here.
+        const int n = 2000;
+        var a = Normal(70, n * 32);
+        var b = Normal(71, n * 48);
+        double independent = Cknna.Compute(a, 32, b, 48);
+        TestContext.Out.WriteLine($"independent: {independent}");
+        Assert.That(Math.Abs(independent), Is.LessThan(0.05));
+
+        double previous = independent;
+        foreach (double noise in new[] { 3.0, 1.0, 0.3 })
+        {
+            var (x, y) = CorrelatedViews(n, 32, 48, noise, 72);
+            double v = Cknna.Compute(x, 32, y, 48);
+            TestContext.Out.WriteLine($"noise {noise}: {v}");
+            Assert.That(v, Is.GreaterThan(previous));
+            previous = v;
+        }
+    }
+
+    [Test]
+    public void CknnaOutlierClampAndBadInput()
+    {
+        // Row quantiles of |x| at q = 0.5 with linear interpolation: row 0 sorted |x| = 1,2,3,4 -> 2.5; row 1: 0,0,1,8 -> 0.5.
+        double[] f = [1, -4, 3, 2, 0, 8, -1, 0];
+        Cknna.ClampOutliers(f, 4, 0.5);
+        Assert.That(f, Is.EqualTo(new[] { 1, -1.5, 1.5, 1.5, 0, 1.5, -1, 0 }));
+        double[] g = [1, -40, 3, 2];
+        Cknna.ClampOutliers(g, 4, 1);
+        Assert.That(g, Is.EqualTo(new double[] { 1, -40, 3, 2 }));
+
+        var a = Normal(80, 10 * 3);
+        Assert.Throws<ArgumentException>(() => Cknna.Compute(a, 3, a.AsSpan(0, 27), 3));
+        Assert.Throws<ArgumentException>(() => Cknna.Compute(a, 3, a, 3, k: 1));
+        Assert.Throws<ArgumentException>(() => Cknna.Compute(a, 3, a, 3, k: 10));
+        Assert.Throws<ArgumentException>(() => Cknna.Compute(a.AsSpan(0, 9), 3, a.AsSpan(0, 9), 3, k: 2));
+        a[4] = double.PositiveInfinity;
+        Assert.Throws<ArgumentException>(() => Cknna.Compute(a, 3, a, 3));
+    }
 }
