@@ -674,4 +674,114 @@ public class EvalTests
         a[4] = double.PositiveInfinity;
         Assert.Throws<ArgumentException>(() => Cknna.Compute(a, 3, a, 3));
     }
+
+    // ---- linear probe ----
+
+    /// <summary>Gaussian clusters around well-separated random centres (radius 6 in 16 dimensions, unit noise).</summary>
+    private static (double[] X, int[] Y) Clusters(int n, int d, int classes, ulong seed, double radius = 6)
+    {
+        var centres = Normal(1234, classes * d); // the same centres for every split
+        var noise = Normal(seed, n * d);
+        var labels = new uint[n];
+        Philox.Bits(seed, 1, 0, labels);
+        var x = new double[n * d];
+        var y = new int[n];
+        for (int r = 0; r < n; r++)
+        {
+            y[r] = (int)(labels[r] % classes);
+            for (int c = 0; c < d; c++) x[r * d + c] = radius * centres[y[r] * d + c] / Math.Sqrt(d) + noise[r * d + c];
+        }
+        return (x, y);
+    }
+
+    [Test]
+    public void LinearProbeSeparatesClustersAndIsDeterministic()
+    {
+        const int d = 16, classes = 5;
+        var (train, trainY) = Clusters(500, d, classes, 90);
+        var (test, testY) = Clusters(500, d, classes, 91);
+        var probe = LinearProbe.Train(train, trainY, d, classes);
+        TestContext.Out.WriteLine($"iterations {probe.Iterations}, loss {probe.Loss}, converged {probe.Converged}");
+        Assert.That(probe.Converged, Is.True);
+        Assert.That(probe.Accuracy(train, trainY), Is.EqualTo(1.0));
+        Assert.That(probe.Accuracy(test, testY), Is.GreaterThanOrEqualTo(0.99));
+
+        var again = LinearProbe.Train(train, trainY, d, classes);
+        Assert.That(again.Weights, Is.EqualTo(probe.Weights));
+        Assert.That(again.Bias, Is.EqualTo(probe.Bias));
+        Assert.That(again.Iterations, Is.EqualTo(probe.Iterations));
+    }
+
+    [Test]
+    public void LinearProbeReachesTheOptimumOfItsObjective()
+    {
+        // Overlapping clusters (not separable). At the optimum the gradient of
+        // mean CE + (lambda/2)|W|^2, recomputed here naively from the returned parameters, vanishes.
+        const int n = 300, d = 6, classes = 3;
+        const double lambda = 1e-3;
+        var (x, y) = Clusters(n, d, classes, 92, radius: 1.5);
+        for (int i = 0; i < x.Length; i += d) x[i] = 100 * x[i] + 7; // a badly scaled feature: standardisation handles it
+        var probe = LinearProbe.Train(x, y, d, classes, new LinearProbeOptions(WeightDecay: lambda, GradientTolerance: 1e-9));
+        Assert.That(probe.Converged, Is.True);
+
+        var gw = new double[classes * d];
+        var gb = new double[classes];
+        double loss = 0;
+        for (int r = 0; r < n; r++)
+        {
+            var xs = Enumerable.Range(0, d).Select(c => (x[r * d + c] - probe.FeatureMean[c]) / probe.FeatureScale[c]).ToArray();
+            var z = Enumerable.Range(0, classes).Select(k => probe.Bias[k] + Enumerable.Range(0, d).Sum(c => probe.Weights[k * d + c] * xs[c])).ToArray();
+            double lse = Math.Log(z.Sum(Math.Exp));
+            loss += (lse - z[y[r]]) / n;
+            for (int k = 0; k < classes; k++)
+            {
+                double g = (Math.Exp(z[k] - lse) - (k == y[r] ? 1 : 0)) / n;
+                gb[k] += g;
+                for (int c = 0; c < d; c++) gw[k * d + c] += g * xs[c];
+            }
+        }
+        for (int i = 0; i < gw.Length; i++) gw[i] += lambda * probe.Weights[i];
+        loss += 0.5 * lambda * probe.Weights.Sum(w => w * w);
+        Assert.That(Math.Max(MaxAbs(gw), MaxAbs(gb)), Is.LessThan(1e-8));
+        Assert.That(probe.Loss, Is.EqualTo(loss).Within(1e-12));
+        // The standardisation statistics are the training ones (population standard deviation).
+        double mean0 = Enumerable.Range(0, n).Average(r => x[r * d]);
+        double sd0 = Math.Sqrt(Enumerable.Range(0, n).Average(r => (x[r * d] - mean0) * (x[r * d] - mean0)));
+        Assert.That(probe.FeatureMean[0], Is.EqualTo(mean0).Within(1e-9));
+        Assert.That(probe.FeatureScale[0], Is.EqualTo(sd0).Within(1e-9));
+    }
+
+    [Test]
+    public void LinearProbeOnRandomLabelsIsAtChance()
+    {
+        // Labels independent of the features: held-out accuracy is chance, 1/4. With 2000 test samples one standard
+        // deviation is 0.01; the bound held is 0.25 +- 0.05.
+        const int d = 20, classes = 4;
+        var train = Normal(100, 1000 * d);
+        var test = Normal(101, 2000 * d);
+        var bits = new uint[3000];
+        Philox.Bits(102, 0, 0, bits);
+        var trainY = bits.Take(1000).Select(b => (int)(b % classes)).ToArray();
+        var testY = bits.Skip(1000).Select(b => (int)(b % classes)).ToArray();
+        var probe = LinearProbe.Train(train, trainY, d, classes);
+        double accuracy = probe.Accuracy(test, testY);
+        TestContext.Out.WriteLine($"random labels: held-out accuracy {accuracy}, train {probe.Accuracy(train, trainY)}");
+        Assert.That(accuracy, Is.EqualTo(0.25).Within(0.05));
+    }
+
+    [Test]
+    public void LinearProbeRejectsBadInput()
+    {
+        var x = Normal(110, 10 * 3);
+        var y = new int[10];
+        Assert.Throws<ArgumentException>(() => LinearProbe.Train(x, y, 3, 1));
+        Assert.Throws<ArgumentException>(() => LinearProbe.Train(x, y.AsSpan(0, 9), 3, 2));
+        Assert.Throws<ArgumentException>(() => LinearProbe.Train(x.AsSpan(0, 29), y, 3, 2));
+        y[4] = 2;
+        Assert.That(() => LinearProbe.Train(x, y, 3, 2), Throws.ArgumentException.With.Message.Contains("label 4 is 2"));
+        y[4] = 0;
+        Assert.Throws<ArgumentException>(() => LinearProbe.Train(x, y, 3, 2, new LinearProbeOptions(WeightDecay: 0)));
+        var probe = LinearProbe.Train(x, y, 3, 2);
+        Assert.Throws<ArgumentException>(() => probe.Accuracy(new double[4], [0]));
+    }
 }
