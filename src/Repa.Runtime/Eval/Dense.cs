@@ -63,15 +63,6 @@ internal static unsafe class Dense
         }
     }
 
-    /// <summary>Throws <see cref="ArgumentException"/> unless <paramref name="length"/> == rows * cols.</summary>
-    public static void RequireShape(int length, long rows, int cols, string what)
-    {
-        if (rows < 0 || cols <= 0)
-            throw new ArgumentException($"{what}: rows ({rows}) must be >= 0 and the feature dimension ({cols}) > 0.");
-        if (length != rows * cols)
-            throw new ArgumentException($"{what}: {length} values do not form {rows} rows of {cols} features.");
-    }
-
     /// <summary>Throws <see cref="ArgumentException"/> naming the first NaN or infinity in <paramref name="values"/>.</summary>
     public static void RequireFinite(ReadOnlySpan<double> values, int cols, string what)
     {
