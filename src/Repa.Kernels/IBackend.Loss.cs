@@ -3,7 +3,8 @@ namespace Repa.Kernels;
 /// <summary>
 /// REPA's losses: the per-sample denoising MSE, the per-token cosine alignment of projected hidden states with encoder
 /// features, and the pieces of the NT-Xent alternative (row L2 normalisation and a cross-entropy whose positive is the
-/// diagonal). Every loss is per sample ([samples]); the batch mean is left to the caller.
+/// diagonal), and DiT's variational-bound term of the learned variance. Every loss is per sample ([samples]); the batch
+/// mean is left to the caller.
 /// </summary>
 public partial interface IBackend
 {
@@ -49,4 +50,21 @@ public partial interface IBackend
     /// <summary>dS[s, i, j] += dLoss[s] scale (exp(scale S[s, i, j] - lse[s, i]) - [i == j]) / n.</summary>
     void DiagonalCrossEntropyBackward(DeviceBuffer logits, DeviceBuffer lse, DeviceBuffer dLoss, DeviceBuffer dLogits,
         int samples, int n, double scale);
+
+    /// <summary>
+    /// DiT's (IDDPM's) variational-bound term per sample, in bits, of the learned-range variance (gaussian_diffusion.py
+    /// _vb_terms_bpd with the mean frozen). All element buffers are [samples, inner]; <paramref name="stepParams"/> is
+    /// [samples, 4] = (min_log, max_log, true_log_var, decoder) of each sample's timestep. Per element, with v the raw
+    /// variance value: log_var = (v + 1)/2 max_log + (1 - (v + 1)/2) min_log; when decoder = 0 the term is
+    /// KL(N(true_mean, e^true_log_var) || N(mean, e^log_var)) = 0.5 (-1 + log_var - true_log_var + e^(true_log_var - log_var)
+    /// + (true_mean - mean)^2 e^-log_var); when decoder != 0 (t = 0) it is the discretised Gaussian decoder NLL of x0
+    /// (8-bit bins of width 2/255 on [-1, 1], open-ended below -0.999 and above 0.999, the tanh approximation of the normal
+    /// CDF, probabilities clamped at 1e-12). loss[s] = mean over the sample's elements / ln 2.
+    /// </summary>
+    void DiffusionVlbForward(DeviceBuffer varValues, DeviceBuffer mean, DeviceBuffer trueMean, DeviceBuffer x0, DeviceBuffer stepParams,
+        DeviceBuffer loss, int samples, long inner);
+
+    /// <summary>dVar[s, i] += dLoss[s] d loss[s] / d varValues[s, i]; no other input gets a gradient (the mean is frozen).</summary>
+    void DiffusionVlbBackward(DeviceBuffer varValues, DeviceBuffer mean, DeviceBuffer trueMean, DeviceBuffer x0, DeviceBuffer stepParams,
+        DeviceBuffer dLoss, DeviceBuffer dVarValues, int samples, long inner);
 }

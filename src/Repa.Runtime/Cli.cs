@@ -33,7 +33,7 @@ public static class Cli
                      "grad.<state_dict name>" of every trainable parameter (no class dropout, nothing random).
 
         TRAIN OPTIONS
-          --config NAME        model preset: SiT-T/2 (default, small CPU model), SiT-S/2 ... SiT-XL/8.
+          --config NAME        model preset: SiT-T/2 (default, small CPU model), SiT-S/2 ... SiT-XL/8, DiT-T/2 ... DiT-XL/8.
           --steps N            optimisation steps (default 200).
           --batch N            images per step (default 32).
           --grad-accum N       split each step's batch into N micro-batches, accumulating gradients (default 1).
@@ -51,6 +51,8 @@ public static class Cli
           --path linear|cosine interpolant (default linear).
           --weighting uniform|lognormal   t ~ U(0,1) (default) or logit-normal.
           --proj-loss cosine|ntxent       REPA alignment: negative cosine (default) or patch-wise NT-Xent.
+          --objective sit|ddpm SiT's velocity loss (default) or DiT's DDPM loss: 1000 linear-beta steps, eps + learned
+                               variance, MSE + VLB; ddpm needs a DiT preset (--config DiT-T/2 ... DiT-XL/8).
           --ckpt-every N       also save the checkpoint every N steps (default: only at the end and on Ctrl-C).
           --resume PATH        continue exactly from a checkpoint (its run folder or .safetensors file); --steps is the total.
           --device auto|cpu    compute device (default auto = cpu; GPU backends arrive with later issues).

@@ -79,6 +79,7 @@ internal static class ForwardCommand
                 MlpRatio = r.GetProperty("mlp_ratio").GetDouble(), NumClasses = Int("num_classes"),
                 EncoderDepth = Int("encoder_depth"), ZDims = [.. r.GetProperty("z_dims").EnumerateArray().Select(e => e.GetInt32())],
                 ProjectorDim = Int("projector_dim"), QkNorm = r.GetProperty("qk_norm").GetBoolean(),
+                LearnSigma = r.TryGetProperty("learn_sigma", out var learnSigma) && learnSigma.GetBoolean(), // absent before DiT
             };
             var objective = new ObjectiveConfig(PathType: r.GetProperty("path_type").GetString() ?? "linear",
                 Weighting: r.GetProperty("weighting").GetString() ?? "uniform", ProjCoeff: r.GetProperty("proj_coeff").GetDouble());

@@ -35,6 +35,7 @@ internal static class TrainCommand
             Objective = new ObjectiveConfig(PathType: o.String("--path", "linear", "linear", "cosine"),
                 Weighting: o.String("--weighting", "uniform", "uniform", "lognormal"), ProjCoeff: o.Double("--proj-coeff", 0.5, min: 0),
                 ProjLoss: o.String("--proj-loss", "cosine", "cosine", "ntxent")),
+            ObjectiveKind = o.String("--objective", "sit", "sit", "ddpm"),
         };
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
         string cacheFolder = o.String("--cache-dir", DefaultCacheFolder);

@@ -41,7 +41,7 @@ public class SiTTests
         ($"blocks.{i}.adaLN_modulation.1.bias", [6 * d]),
     ];
 
-    private static List<(string, int[])> Expected(int d, int c, int p, int tokens, int classes, int depth, int projector, int[] zs)
+    internal static List<(string, int[])> Expected(int d, int c, int p, int tokens, int classes, int depth, int projector, int[] zs)
     {
         var list = new List<(string, int[])>
         {
@@ -71,7 +71,7 @@ public class SiTTests
         return list;
     }
 
-    private static void AssertStateDict(SiT model, List<(string, int[])> expected)
+    internal static void AssertStateDict(SiT model, List<(string, int[])> expected)
     {
         var actual = model.StateDict();
         Assert.That(actual.Select(e => e.Name), Is.EqualTo(expected.Select(e => e.Item1)), "names and order");
@@ -399,7 +399,7 @@ public class SiTTests
         Assert.That((l.Depth, l.HiddenSize, l.NumHeads, l.Tokens), Is.EqualTo((24, 1024, 16, 16)));
         Assert.That(SiTConfig.Preset("SiT-T/2"), Is.SameAs(SiTConfig.Tiny));
         Assert.That(() => SiTConfig.Preset("SiT-XL/3"), Throws.ArgumentException.With.Message.Contains("Unknown SiT preset"));
-        Assert.That(() => SiTConfig.Preset("DiT-XL/2"), Throws.ArgumentException);
+        Assert.That(() => SiTConfig.Preset("DiT-XL/3"), Throws.ArgumentException);
     }
 
     private static IEnumerable<TestCaseData> InvalidConfigs()

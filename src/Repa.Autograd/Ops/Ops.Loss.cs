@@ -4,8 +4,8 @@ namespace Repa.Autograd;
 
 /// <summary>
 /// REPA's training losses (sihyun-yu/REPA loss.py): the denoising MSE and the projection (representation alignment)
-/// loss, cosine by default and NT-Xent as the paper's Table 2 alternative. Losses are per sample ([N]) so the caller
-/// decides how samples and encoders are averaged.
+/// loss, cosine by default and NT-Xent as the paper's Table 2 alternative; and DiT's variational-bound term of the learned
+/// variance. Losses are per sample ([N]) so the caller decides how samples and encoders are averaged.
 /// </summary>
 public static partial class Ops
 {
@@ -132,5 +132,43 @@ public static partial class Ops
         });
         if (!result.RequiresGrad) lse.Dispose();
         return result;
+    }
+
+    /// <summary>
+    /// DiT's variational-bound term ("vb", in bits) per sample for a learned-range variance with the mean frozen
+    /// (facebookresearch/DiT gaussian_diffusion.py training_losses -> _vb_terms_bpd). Inputs, all [N, ...] of one shape
+    /// except <paramref name="stepParams"/>: <paramref name="varValues"/> the model's raw variance channels (the only input
+    /// that gets a gradient); <paramref name="modelMean"/> the mean of p(x_{t-1} | x_t) from the DETACHED eps prediction;
+    /// <paramref name="trueMean"/> the mean of the true posterior q(x_{t-1} | x_t, x0); <paramref name="x0"/> the clean data
+    /// (for the t = 0 decoder). <paramref name="stepParams"/> [N, 4] holds per sample (min_log, max_log, true_log_var,
+    /// decoder): the clipped posterior log variance and log beta of its timestep (the learned range), the posterior's log
+    /// variance, and 1 where t = 0 (decoder NLL) or 0 (KL). log_var = frac max_log + (1 - frac) min_log with
+    /// frac = (v + 1) / 2; the result is the KL (t &gt; 0) or the discretised Gaussian decoder NLL (t = 0), averaged over
+    /// the sample's elements and divided by ln 2. The other inputs must not require grad (detach them): the reference
+    /// stops the gradient of the mean here, and a silently dropped gradient would be a bug.
+    /// </summary>
+    public static Tensor DiffusionVlbTerm(Tensor varValues, Tensor modelMean, Tensor trueMean, Tensor x0, Tensor stepParams)
+    {
+        const string op = "diffusion_vlb_term";
+        SameBackend(op, varValues, modelMean, trueMean, x0, stepParams);
+        foreach (var other in new[] { modelMean, trueMean, x0 })
+            Require(other.Shape.AsSpan().SequenceEqual(varValues.Shape), op,
+                $"{other.Describe()} must have the shape of the variance values {varValues.Describe()}.");
+        Require(varValues.Rank >= 1 && varValues.Shape[0] > 0 && varValues.Count > 0, op,
+            $"variance values {varValues.Describe()} must be [N, ...] with N >= 1 and at least one element per sample.");
+        int samples = varValues.Shape[0];
+        RequireShape(op, stepParams, samples, 4);
+        Require(!modelMean.RequiresGrad && !trueMean.RequiresGrad && !x0.RequiresGrad && !stepParams.RequiresGrad, op,
+            "only the variance values are differentiated; detach the mean, the posterior, x0 and the step parameters.");
+        long inner = varValues.Count / samples;
+        var be = varValues.Backend;
+        var loss = NewLike(varValues, samples);
+        be.DiffusionVlbForward(varValues.Buffer, modelMean.Buffer, trueMean.Buffer, x0.Buffer, stepParams.Buffer, loss.Buffer, samples, inner);
+        return Record(op, loss, [varValues], dy =>
+        {
+            if (GradOf(varValues) is { } g)
+                be.DiffusionVlbBackward(varValues.Buffer, modelMean.Buffer, trueMean.Buffer, x0.Buffer, stepParams.Buffer, dy.Buffer,
+                    g.Buffer, samples, inner);
+        });
     }
 }

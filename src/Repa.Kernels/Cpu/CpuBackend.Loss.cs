@@ -5,7 +5,8 @@ using System.Runtime.InteropServices;
 namespace Repa.Kernels.Cpu;
 
 /// <summary>
-/// Per-sample MSE, the fused cosine alignment loss, row L2 normalisation and the diagonal cross-entropy of NT-Xent.
+/// Per-sample MSE, the fused cosine alignment loss, row L2 normalisation, the diagonal cross-entropy of NT-Xent and
+/// DiT's variational-bound term.
 /// Per-row or per-block partial results go to a scratch array and are summed per sample in a fixed order, so the
 /// result does not depend on the thread count.
 /// </summary>
@@ -359,5 +360,148 @@ public sealed unsafe partial class CpuBackend
                 grad[r % n] -= coeff;
             }
         });
+    }
+
+    // ---- DiT's variational-bound term of the learned variance ----
+
+    public void DiffusionVlbForward(DeviceBuffer varValues, DeviceBuffer mean, DeviceBuffer trueMean, DeviceBuffer x0, DeviceBuffer stepParams,
+        DeviceBuffer loss, int samples, long inner)
+    {
+        switch (loss.DType)
+        {
+            case DType.F32:
+                DiffusionVlb(Host(varValues).Ptr<float>(), Host(mean).Ptr<float>(), Host(trueMean).Ptr<float>(), Host(x0).Ptr<float>(),
+                    Host(stepParams).Ptr<float>(), Host(loss).Ptr<float>(), null, null, samples, inner);
+                break;
+            case DType.F64:
+                DiffusionVlb(Host(varValues).Ptr<double>(), Host(mean).Ptr<double>(), Host(trueMean).Ptr<double>(), Host(x0).Ptr<double>(),
+                    Host(stepParams).Ptr<double>(), Host(loss).Ptr<double>(), null, null, samples, inner);
+                break;
+            default: throw Unsupported(loss.DType);
+        }
+    }
+
+    public void DiffusionVlbBackward(DeviceBuffer varValues, DeviceBuffer mean, DeviceBuffer trueMean, DeviceBuffer x0, DeviceBuffer stepParams,
+        DeviceBuffer dLoss, DeviceBuffer dVarValues, int samples, long inner)
+    {
+        switch (dVarValues.DType)
+        {
+            case DType.F32:
+                DiffusionVlb(Host(varValues).Ptr<float>(), Host(mean).Ptr<float>(), Host(trueMean).Ptr<float>(), Host(x0).Ptr<float>(),
+                    Host(stepParams).Ptr<float>(), null, Host(dLoss).Ptr<float>(), Host(dVarValues).Ptr<float>(), samples, inner);
+                break;
+            case DType.F64:
+                DiffusionVlb(Host(varValues).Ptr<double>(), Host(mean).Ptr<double>(), Host(trueMean).Ptr<double>(), Host(x0).Ptr<double>(),
+                    Host(stepParams).Ptr<double>(), null, Host(dLoss).Ptr<double>(), Host(dVarValues).Ptr<double>(), samples, inner);
+                break;
+            default: throw Unsupported(dVarValues.DType);
+        }
+    }
+
+    /// <summary>
+    /// Forward when <paramref name="loss"/> is set (per-block partial sums in fp64, combined per sample in a fixed order),
+    /// backward (dv += ...) when <paramref name="dv"/> is set. Element-wise scalar code: exp/tanh/log per element, and the
+    /// per-sample work is C*H*W elements, tiny beside the model.
+    /// </summary>
+    private void DiffusionVlb<T>(T* v, T* mean, T* trueMean, T* x0, T* stepParams, T* loss, T* dLoss, T* dv, int samples, long inner)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long blocks = (inner + Chunk - 1) / Chunk, jobs = samples * blocks;
+        double* partial = loss != null ? (double*)NativeMemory.Alloc((nuint)Math.Max(jobs, 1), sizeof(double)) : null;
+        try
+        {
+            CpuParallel.For(jobs, Math.Max(1, Grain / Chunk / 8), Threads, (start, end) =>
+            {
+                for (long job = start; job < end; job++)
+                {
+                    long s = job / blocks, i0 = s * inner + job % blocks * Chunk, i1 = Math.Min(i0 + Chunk, (s + 1) * inner);
+                    T* p = stepParams + 4 * s;
+                    T minLog = p[0], maxLog = p[1], trueLogVar = p[2];
+                    bool decoder = p[3] != T.Zero;
+                    // d term / d v = d term / d log_var * (max_log - min_log) / 2, then the mean over elements and 1/ln 2.
+                    T gradScale = dv != null
+                        ? dLoss[s] * (maxLog - minLog) / T.CreateTruncating(2 * inner * Math.Log(2.0)) : T.Zero;
+                    double sum = 0;
+                    for (long i = i0; i < i1; i++)
+                    {
+                        T frac = (v[i] + T.One) / T.CreateTruncating(2);
+                        T logVar = frac * maxLog + (T.One - frac) * minLog;
+                        T term, dTerm;
+                        if (decoder) term = VlbDecoderNll(x0[i], mean[i], logVar, out dTerm);
+                        else term = VlbNormalKl(trueMean[i], trueLogVar, mean[i], logVar, out dTerm);
+                        sum += double.CreateTruncating(term);
+                        if (dv != null) dv[i] += gradScale * dTerm;
+                    }
+                    if (partial != null) partial[job] = sum;
+                }
+            });
+            if (loss == null) return;
+            for (int s = 0; s < samples; s++)
+            {
+                double sum = 0;
+                for (long b = 0; b < blocks; b++) sum += partial[s * blocks + b];
+                loss[s] = T.CreateTruncating(sum / inner / Math.Log(2.0));
+            }
+        }
+        finally
+        {
+            if (partial != null) NativeMemory.Free(partial);
+        }
+    }
+
+    /// <summary>
+    /// diffusion_utils.normal_kl in nats, term by term in the reference's order; <paramref name="dLogVar2"/> is its
+    /// derivative in logVar2 (the model's log variance).
+    /// </summary>
+    private static T VlbNormalKl<T>(T mean1, T logVar1, T mean2, T logVar2, out T dLogVar2) where T : IFloatingPointIeee754<T>
+    {
+        T half = T.CreateTruncating(0.5);
+        T ratio = T.Exp(logVar1 - logVar2), d = mean1 - mean2, scaled = d * d * T.Exp(-logVar2);
+        dLogVar2 = half * (T.One - ratio - scaled);
+        return half * (-T.One + logVar2 - logVar1 + ratio + scaled);
+    }
+
+    /// <summary>
+    /// -diffusion_utils.discretized_gaussian_log_likelihood(x, means = mean, log_scales = logVar / 2) in nats, and its
+    /// derivative in logVar. Where a probability is clamped at 1e-12 the gradient is 0, as torch's clamp gives.
+    /// </summary>
+    private static T VlbDecoderNll<T>(T x, T mean, T logVar, out T dLogVar) where T : IFloatingPointIeee754<T>
+    {
+        T half = T.CreateTruncating(0.5), bin = T.CreateTruncating(1.0 / 255.0), floor = T.CreateTruncating(1e-12);
+        T centered = x - mean;
+        T invStd = T.Exp(-(half * logVar));
+        T plusIn = invStd * (centered + bin), minIn = invStd * (centered - bin);
+        T cdfPlus = ApproxNormalCdf(plusIn, out T pdfPlus), cdfMin = ApproxNormalCdf(minIn, out T pdfMin);
+        // d in / d logVar = -in / 2 (in = e^(-logVar/2) (x - mean +- 1/255)).
+        T dPlus = pdfPlus * -half * plusIn, dMin = pdfMin * -half * minIn;
+        T logProb, dLogProb;
+        if (x < T.CreateTruncating(-0.999))
+        {
+            logProb = T.Log(T.Max(cdfPlus, floor));
+            dLogProb = cdfPlus >= floor ? dPlus / cdfPlus : T.Zero;
+        }
+        else if (x > T.CreateTruncating(0.999))
+        {
+            T upper = T.One - cdfMin;
+            logProb = T.Log(T.Max(upper, floor));
+            dLogProb = upper >= floor ? -dMin / upper : T.Zero;
+        }
+        else
+        {
+            T delta = cdfPlus - cdfMin;
+            logProb = T.Log(T.Max(delta, floor));
+            dLogProb = delta >= floor ? (dPlus - dMin) / delta : T.Zero;
+        }
+        dLogVar = -dLogProb;
+        return -logProb;
+    }
+
+    /// <summary>diffusion_utils.approx_standard_normal_cdf: 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), and its derivative.</summary>
+    private static T ApproxNormalCdf<T>(T x, out T derivative) where T : IFloatingPointIeee754<T>
+    {
+        T k = T.CreateTruncating(Math.Sqrt(2.0 / Math.PI)), c = T.CreateTruncating(0.044715), half = T.CreateTruncating(0.5);
+        T tanh = T.Tanh(k * (x + c * (x * x * x)));
+        derivative = half * (T.One - tanh * tanh) * k * (T.One + T.CreateTruncating(3) * c * x * x);
+        return half * (T.One + tanh);
     }
 }

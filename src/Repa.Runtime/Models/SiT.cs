@@ -81,9 +81,10 @@ public sealed class SiT : Module
                 Parameter(b + "4.weight", [z, w], xavier), Parameter(b + "4.bias", [z], zero));
         }
 
-        // Zero final linear and final adaLN: a fresh model outputs exactly 0.
-        finalW = Parameter("final_layer.linear.weight", [p * p * c, d], zero);
-        finalB = Parameter("final_layer.linear.bias", [p * p * c], zero);
+        // Zero final linear and final adaLN: a fresh model outputs exactly 0. DiT (learn_sigma) outputs 2C channels.
+        int outC = config.OutChannels;
+        finalW = Parameter("final_layer.linear.weight", [p * p * outC, d], zero);
+        finalB = Parameter("final_layer.linear.bias", [p * p * outC], zero);
         finalAdaW = Parameter("final_layer.adaLN_modulation.1.weight", [2 * d, d], zero);
         finalAdaB = Parameter("final_layer.adaLN_modulation.1.bias", [2 * d], zero);
     }
@@ -91,9 +92,11 @@ public sealed class SiT : Module
     public SiTConfig Config { get; }
 
     /// <summary>
-    /// The velocity prediction [N, C, H, W] for inputs x [N, C, H, W] (H = W = input_size), times t [N] (raw, in [0, 1])
-    /// and labels y [N] int32 in 0..num_classes (num_classes is the null class; label dropout is the caller's job),
-    /// plus one projection [N, T, z_j] per projector of the residual stream after block encoder_depth.
+    /// The velocity prediction [N, C, H, W] for inputs x [N, C, H, W] (H = W = input_size), times t [N] (raw, in [0, 1];
+    /// DiT's integer timesteps 0..999 as given) and labels y [N] int32 in 0..num_classes (num_classes is the null class; label dropout is the caller's job),
+    /// plus one projection [N, T, z_j] per projector of the residual stream after block encoder_depth. With
+    /// <see cref="SiTConfig.LearnSigma"/> (DiT) the output is [N, 2C, H, W]: eps in the first C channels, the raw
+    /// variance values in the last C.
     /// </summary>
     public (Tensor Output, Tensor[] Projections) Forward(Tensor x, Tensor t, Tensor y)
     {
@@ -126,8 +129,8 @@ public sealed class SiT : Module
         }
 
         var fm = Ops.Chunk(Ops.Linear(cAct, finalAdaW, finalAdaB), 2, 1); // shift, scale
-        var tokens = Ops.Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C]
-        var output = Ops.Unpatchify(tokens, cfg.InChannels, cfg.PatchSize, g, g);
+        var tokens = Ops.Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C_out]
+        var output = Ops.Unpatchify(tokens, cfg.OutChannels, cfg.PatchSize, g, g);
         return (output, projections);
     }
 

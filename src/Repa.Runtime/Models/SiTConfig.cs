@@ -2,7 +2,9 @@ namespace Repa.Runtime.Models;
 
 /// <summary>
 /// Hyper-parameters of REPA's SiT (models/sit.py), with the paper's presets "SiT-{S,B,L,XL}/{2,4,8}" and a small CPU
-/// config "SiT-T/2". Immutable; derive variants with <c>with { ... }</c> and check them with <see cref="Validate"/>.
+/// config "SiT-T/2", and their DiT twins "DiT-..." (facebookresearch/DiT models.py: the same network with a learned
+/// variance, <see cref="LearnSigma"/>). Immutable; derive variants with <c>with { ... }</c> and check them with
+/// <see cref="Validate"/>.
 /// </summary>
 public sealed record SiTConfig
 {
@@ -16,6 +18,13 @@ public sealed record SiTConfig
 
     /// <summary>Channels of the input, and of the output (SiT predicts a velocity of the input's shape).</summary>
     public int InChannels { get; init; } = 4;
+
+    /// <summary>
+    /// DiT's learn_sigma: the final layer outputs 2C channels, the first C the prediction (eps for DiT) and the last C
+    /// the raw variance values of the learned-range variance. False for SiT: REPA's models/sit.py has no such option
+    /// (out_channels = in_channels); willisma/SiT has it on by default but discards the extra channels in forward.
+    /// </summary>
+    public bool LearnSigma { get; init; }
 
     public int HiddenSize { get; init; } = 1152;
 
@@ -43,6 +52,9 @@ public sealed record SiTConfig
 
     /// <summary>Width of the timestep frequency embedding (fixed by the reference).</summary>
     public const int FrequencyEmbeddingSize = 256;
+
+    /// <summary>Channels of the model's output: 2C with <see cref="LearnSigma"/>, else C.</summary>
+    public int OutChannels => LearnSigma ? 2 * InChannels : InChannels;
 
     public int HeadDim => HiddenSize / NumHeads;
     public int GridSize => InputSize / PatchSize;
@@ -73,20 +85,25 @@ public sealed record SiTConfig
         return this;
     }
 
-    /// <summary>The reference's model names plus "SiT-T/2".</summary>
+    /// <summary>The reference's model names plus "SiT-T/2", then DiT's names plus "DiT-T/2".</summary>
     public static IReadOnlyList<string> PresetNames { get; } =
     [
         "SiT-S/2", "SiT-S/4", "SiT-S/8", "SiT-B/2", "SiT-B/4", "SiT-B/8",
         "SiT-L/2", "SiT-L/4", "SiT-L/8", "SiT-XL/2", "SiT-XL/4", "SiT-XL/8", "SiT-T/2", "SiT-T/4",
+        "DiT-S/2", "DiT-S/4", "DiT-S/8", "DiT-B/2", "DiT-B/4", "DiT-B/8",
+        "DiT-L/2", "DiT-L/4", "DiT-L/8", "DiT-XL/2", "DiT-XL/4", "DiT-XL/8", "DiT-T/2", "DiT-T/4",
     ];
 
     /// <summary>
     /// A named preset. S/B/L/XL (depth/hidden/heads 12/384/6, 12/768/12, 24/1024/16, 28/1152/16) are set up for ImageNet
     /// 256 latents: input 32, 4 channels, 1000 classes, one DINOv2-B projector (z 768, width 2048), encoder_depth 8
-    /// (4 for B, as the paper aligns SiT-B/2 at layer 4). "SiT-T/2" is <see cref="Tiny"/>.
+    /// (4 for B, as the paper aligns SiT-B/2 at layer 4). "SiT-T/2" is <see cref="Tiny"/>. "DiT-X/p" is "SiT-X/p" with
+    /// <see cref="LearnSigma"/> and no projector (DiT has none; a REPA run adds one).
     /// </summary>
     public static SiTConfig Preset(string name)
     {
+        if (name.StartsWith("DiT-", StringComparison.Ordinal) && PresetNames.Contains(name))
+            return Preset("SiT-" + name[4..]) with { Name = name, LearnSigma = true, ZDims = [] };
         if (name == "SiT-T/2") return Tiny;
         if (name == "SiT-T/4") return Tiny with { Name = "SiT-T/4", PatchSize = 4 };
         var parts = name.StartsWith("SiT-", StringComparison.Ordinal) ? name[4..].Split('/') : [];

@@ -35,13 +35,17 @@ public sealed record ObjectiveConfig(
 }
 
 /// <summary>The objective's scalars, all on the current tape: Total is the one to back-propagate.</summary>
-/// <param name="Total">denoise + proj_coeff * proj.</param>
-/// <param name="Denoise">Batch mean of the per-sample mean squared velocity error.</param>
+/// <param name="Total">denoise + proj_coeff * proj (+ vb for the DDPM objective).</param>
+/// <param name="Denoise">Batch mean of the per-sample mean squared velocity (DDPM: eps) error.</param>
 /// <param name="Proj">Projection loss averaged over encoders and samples; a constant 0 when proj_coeff is 0.</param>
-/// <param name="Output">The model's velocity prediction [N, C, H, W].</param>
-/// <param name="Target">The velocity target v [N, C, H, W].</param>
+/// <param name="Output">The model's velocity (DDPM: eps) prediction [N, C, H, W].</param>
+/// <param name="Target">The velocity target v (DDPM: the noise eps) [N, C, H, W].</param>
 /// <param name="Projections">The model's projections, one [N, T, z_j] per encoder.</param>
-public sealed record LossResult(Tensor Total, Tensor Denoise, Tensor Proj, Tensor Output, Tensor Target, Tensor[] Projections);
+public sealed record LossResult(Tensor Total, Tensor Denoise, Tensor Proj, Tensor Output, Tensor Target, Tensor[] Projections)
+{
+    /// <summary>DiT's variational-bound term (batch mean, in bits) of the DDPM objective; null for the SiT objective.</summary>
+    public Tensor? Vb { get; init; }
+}
 
 /// <summary>
 /// REPA's training objective (sihyun-yu/REPA loss.py SILoss, combined as train.py does): x_t = alpha_t x0 + sigma_t eps,
@@ -211,24 +215,32 @@ public sealed class Objective
             return new LossResult(denoise, denoise, zero, output, v, projections);
         }
 
+        var proj = ProjectionLoss(Config, projections, targets, op);
+        var total = Ops.Add(denoise, Ops.Scale(proj, Config.ProjCoeff));
+        return new LossResult(total, denoise, proj, output, v, projections);
+    }
+
+    /// <summary>
+    /// REPA's projection loss: per encoder the batch mean of the per-sample cosine (or NT-Xent) loss, then the mean over
+    /// encoders, i.e. sum / (n_encoders * N). Shared by the SiT and DDPM objectives.
+    /// </summary>
+    internal static Tensor ProjectionLoss(ObjectiveConfig config, Tensor[] projections, Tensor[] targets, string op)
+    {
         if (targets.Length != projections.Length || targets.Length == 0)
             throw new ShapeMismatchException($"{op}: {targets.Length} encoder targets for {projections.Length} projectors (need one per projector, at least one).");
         Tensor? sum = null;
         for (int j = 0; j < targets.Length; j++)
         {
-            var perSample = Config.ProjLoss == "ntxent"
-                ? Ops.NtXentLoss(projections[j], targets[j], Config.NtXentTemperature)
+            var perSample = config.ProjLoss == "ntxent"
+                ? Ops.NtXentLoss(projections[j], targets[j], config.NtXentTemperature)
                 : Ops.CosineAlignmentLoss(projections[j], targets[j]);
             var mean = Ops.Mean(perSample);
             sum = sum == null ? mean : Ops.Add(sum, mean);
         }
-        // Mean over samples per encoder, then over encoders: REPA's sum / (n_encoders * N).
-        var proj = targets.Length == 1 ? sum! : Ops.Scale(sum!, 1.0 / targets.Length);
-        var total = Ops.Add(denoise, Ops.Scale(proj, Config.ProjCoeff));
-        return new LossResult(total, denoise, proj, output, v, projections);
+        return targets.Length == 1 ? sum! : Ops.Scale(sum!, 1.0 / targets.Length);
     }
 
-    private static Tensor MakeTensor(IBackend backend, DType dtype, double[] values, params int[] shape) => dtype switch
+    internal static Tensor MakeTensor(IBackend backend, DType dtype, double[] values, params int[] shape) => dtype switch
     {
         DType.F64 => Tensor.FromArray(backend, values, shape),
         DType.F32 => Tensor.FromArray(backend, values.Select(x => (float)x).ToArray(), shape),

@@ -46,10 +46,17 @@ public sealed record TrainOptions
 
     /// <summary>A checkpoint (.safetensors file or its run folder) to continue exactly from.</summary>
     public string? Resume { get; init; }
+
+    /// <summary>"sit" (REPA's SILoss; SiT presets) or "ddpm" (DiT's eps + learned-variance hybrid loss; DiT presets).</summary>
+    public string ObjectiveKind { get; init; } = "sit";
 }
 
 /// <summary>One step's figures, as printed and as written to metrics.jsonl.</summary>
-public sealed record StepMetrics(int Step, double Loss, double Denoise, double Proj, double GradNorm, double ImagesPerSecond, double Seconds);
+public sealed record StepMetrics(int Step, double Loss, double Denoise, double Proj, double GradNorm, double ImagesPerSecond, double Seconds)
+{
+    /// <summary>The DDPM objective's variational-bound term (loss = denoise + vb + proj_coeff * proj); 0 for SiT.</summary>
+    public double Vb { get; init; }
+}
 
 /// <summary>
 /// The training loop: data -> objective -> backward -> AdamW (with the global clip) -> EMA, on one tape reset per step
@@ -63,6 +70,7 @@ public sealed class Trainer : IDisposable
     private readonly IdxDataset data;
     private readonly ITargetProvider? targets;
     private readonly Objective objective;
+    private readonly DdpmObjective? ddpm; // set for --objective ddpm; labels and noise still come from `objective`
     private readonly AdamW optimizer;
     private readonly Ema ema;
 
@@ -91,6 +99,13 @@ public sealed class Trainer : IDisposable
         Config = config.Validate();
         if (repa && targets!.Tokens != Config.Tokens)
             throw new ArgumentException($"the encoder gives {targets.Tokens} target tokens per image but {Config.Name} at {Config.InputSize} px has {Config.Tokens} patches; choose an encoder layer/input size whose grid matches.");
+        if (options.ObjectiveKind is not ("sit" or "ddpm"))
+            throw new ArgumentException($"--objective must be sit or ddpm, got '{options.ObjectiveKind}'.");
+        if (options.ObjectiveKind == "ddpm" && !Config.LearnSigma)
+            throw new ArgumentException($"--objective ddpm needs a DiT preset (learned variance), e.g. --config DiT-T/2; {Config.Name} has none.");
+        if (options.ObjectiveKind == "sit" && Config.LearnSigma)
+            throw new ArgumentException($"{Config.Name} learns a variance (2C output channels); train it with --objective ddpm, or pick a SiT preset.");
+        if (options.ObjectiveKind == "ddpm") ddpm = new DdpmObjective(options.Objective);
         Model = new SiT(backend, DType.F32, Config, options.Seed);
         optimizer = new AdamW(Model.NamedParameters(), options.LearningRate, maxGradNorm: options.MaxGradNorm);
         ema = new Ema(Model.NamedParameters(), options.EmaDecay);
@@ -148,7 +163,7 @@ public sealed class Trainer : IDisposable
     {
         get
         {
-            double d = Config.HiddenSize, t = Config.Tokens, pp = Config.PatchSize * Config.PatchSize * Config.InChannels;
+            double d = Config.HiddenSize, t = Config.Tokens, pp = Config.PatchSize * Config.PatchSize * Config.OutChannels;
             double perToken = Config.Depth * (4 + 2 * Config.MlpRatio) * d * d + 2 * pp * d;
             foreach (int z in Config.ZDims)
                 perToken += d * Config.ProjectorDim + (double)Config.ProjectorDim * Config.ProjectorDim + (double)Config.ProjectorDim * z;
@@ -181,8 +196,8 @@ public sealed class Trainer : IDisposable
         var labels = new int[n];
         data.FillBatch(indices, images, labels, size);
         var dropped = objective.DropLabels(labels, data.NumClasses, options.Seed, (ulong)step);
-        var t = objective.SampleTimes(options.Seed, (ulong)step, n);
-        double total = 0, denoise = 0, proj = 0;
+        var t = ddpm != null ? ddpm.SampleTimes(options.Seed, (ulong)step, n) : objective.SampleTimes(options.Seed, (ulong)step, n);
+        double total = 0, denoise = 0, proj = 0, vb = 0;
         for (int k = 0; k < accum; k++)
         {
             tape.Reset(); // gradients of the parameters survive; this micro-batch's activations go back to the pool
@@ -192,19 +207,21 @@ public sealed class Trainer : IDisposable
             var y = Tensor.FromArray(backend, dropped.AsSpan(first, micro).ToArray(), micro);
             Tensor[] targetTensors = targets != null && options.Objective.ProjCoeff > 0
                 ? [targets.Targets(indices.AsSpan(first, micro), backend, DType.F32)] : [];
-            var loss = objective.Compute(Model, x0, noise, t.AsSpan(first, micro).ToArray(), y, targetTensors);
+            var microT = t.AsSpan(first, micro).ToArray();
+            var loss = ddpm != null ? ddpm.Compute(Model, x0, noise, microT, y, targetTensors) : objective.Compute(Model, x0, noise, microT, y, targetTensors);
             double value = loss.Total.Item();
             if (!double.IsFinite(value))
                 throw new InvalidOperationException($"the loss became {value} at step {step}; lower --lr or check the data.");
             total += value / accum;
             denoise += loss.Denoise.Item() / accum;
             proj += loss.Proj.Item() / accum;
+            vb += (loss.Vb?.Item() ?? 0) / accum;
             tape.Backward(accum == 1 ? loss.Total : Ops.Scale(loss.Total, 1.0 / accum));
         }
         double gradNorm = optimizer.Step();
         ema.Update();
         double seconds = sw.Elapsed.TotalSeconds;
-        return new StepMetrics(step, total, denoise, proj, gradNorm, n / seconds, seconds);
+        return new StepMetrics(step, total, denoise, proj, gradNorm, n / seconds, seconds) { Vb = vb };
     }
 
     /// <summary>Trains for the configured steps, printing one line per step and writing metrics and the checkpoint.</summary>
@@ -216,7 +233,7 @@ public sealed class Trainer : IDisposable
         // A resumed run appends to its log; a fresh one starts it anew.
         using var metrics = new StreamWriter(Path.Combine(options.OutputFolder, "metrics.jsonl"), append: CompletedSteps > 0);
         log.WriteLine($"model: {Config.Name} ({Model.ParameterCount:N0} parameters, {Config.Tokens} tokens), data: {data.ImagesPath} ({data.Count} images, {data.NumClasses} classes), " +
-                      $"objective: {options.Objective.PathType} path, proj_coeff {options.Objective.ProjCoeff}" + (targets != null ? $", targets: {targets.Description}" : ""));
+                      (ddpm != null ? $"objective: ddpm ({ddpm.Diffusion.NumTimesteps} steps, linear betas, eps + learned variance)" : $"objective: {options.Objective.PathType} path") + $", proj_coeff {options.Objective.ProjCoeff}" + (targets != null ? $", targets: {targets.Description}" : ""));
         var total = Stopwatch.StartNew();
         using var tape = new Tape();
         if (CompletedSteps > 0) log.WriteLine($"resumed from step {CompletedSteps}");
@@ -227,7 +244,7 @@ public sealed class Trainer : IDisposable
             history.Add(m);
             CompletedSteps = step;
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{ProgressBar.Bar(step, options.Steps)} step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s{Mfu(m)} | ETA {ProgressBar.Eta(total.Elapsed, history.Count, options.Steps - CompletedSteps + history.Count)}"));
+                $"{ProgressBar.Bar(step, options.Steps)} step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}{(ddpm != null ? ", vb " + m.Vb.ToString("F4", CultureInfo.InvariantCulture) : "")}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s{Mfu(m)} | ETA {ProgressBar.Eta(total.Elapsed, history.Count, options.Steps - CompletedSteps + history.Count)}"));
             metrics.WriteLine(JsonSerializer.Serialize(m));
             metrics.Flush();
             if (Stop.IsCancellationRequested)
@@ -263,6 +280,7 @@ public sealed class Trainer : IDisposable
             ["qk_norm"] = Config.QkNorm, ["path_type"] = options.Objective.PathType, ["weighting"] = options.Objective.Weighting,
             ["proj_coeff"] = options.Objective.ProjCoeff, ["learning_rate"] = options.LearningRate, ["batch_size"] = options.Batch,
             ["seed"] = options.Seed, ["max_train_steps"] = options.Steps, ["cfg_prob"] = options.Objective.ClassDropout,
+            ["objective"] = options.ObjectiveKind, ["learn_sigma"] = Config.LearnSigma,
         };
         string json = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "config.json");
         File.WriteAllText(json + ".tmp", JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true }));

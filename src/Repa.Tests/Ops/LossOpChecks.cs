@@ -7,7 +7,7 @@ namespace Repa.Tests.Ops;
 
 using static Repa.Autograd.Ops;
 
-/// <summary>REPA's losses (MSE, cosine alignment, NT-Xent): catalogue checks and closed-form values.</summary>
+/// <summary>REPA's losses (MSE, cosine alignment, NT-Xent) and DiT's VLB term: catalogue checks and closed-form values.</summary>
 [TestFixture]
 public class LossOpChecks
 {
@@ -38,6 +38,25 @@ public class LossOpChecks
         yield return new OpCase("NormalizeRowsL2", "[2,1,33]", x => NormalizeRowsL2(x[0]), Input.Random(2, 1, 33));
         yield return new OpCase("DiagonalCrossEntropy", "[2,5,5] scale 3", x => DiagonalCrossEntropy(x[0], 3), Input.Random(2, 5, 5));
         yield return new OpCase("DiagonalCrossEntropy", "[1,1,1]", x => DiagonalCrossEntropy(x[0], 10), Input.Random(1, 1, 1));
+
+        // DiT's VLB term: only the variance values (input 0) are differentiated. Step parameters per sample are
+        // (min_log, max_log, true_log_var, decoder). The decoder cases keep |x0 - mean| within a few standard deviations
+        // (std e^-4..e^-3.5) so no probability is clamped; the edge case puts x0 on -1 and +1 (open-ended bins).
+        static OpCase Vlb(string variant, Input[] inputs, double fp32 = 2e-5) =>
+            new("DiffusionVlbTerm", variant, x => DiffusionVlbTerm(x[0], x[1], x[2], x[3], x[4]), inputs) { Fp32Tolerance = fp32 };
+        yield return Vlb("KL [2,2,3,3]", [Input.Random(2, 2, 3, 3), Input.RandomConstant(2, 2, 3, 3), Input.RandomConstant(2, 2, 3, 3),
+            Input.RandomConstant(2, 2, 3, 3), Input.Constant([-3, -2, -3, 0, -6.5, -4, -5.5, 0], 2, 4)]);
+        yield return Vlb("KL batch 1 [1,1]", [Input.Random(1, 1), Input.RandomConstant(1, 1), Input.RandomConstant(1, 1),
+            Input.RandomConstant(1, 1), Input.Constant([-1, 0.5, -0.25, 0], 1, 4)]);
+        yield return Vlb("decoder [2,3,5]", [Input.Random(2, 3, 5), Input.RandomConstant(2, 3, 5) with { Scale = 0.02 },
+            Input.RandomConstant(2, 3, 5), Input.RandomConstant(2, 3, 5) with { Scale = 0.02 }, Input.Constant([-9, -7, -9, 1, -8, -7.5, -8, 1], 2, 4)],
+            fp32: 1e-4);
+        yield return Vlb("decoder edges and KL [2,6]", [Input.Random(2, 6),
+            Input.Constant([-0.99, 0.995, -1.01, 1.02, 0.01, -0.02, 0.3, -0.2, 0.1, 0.5, -0.7, 0.05], 2, 6), Input.RandomConstant(2, 6),
+            Input.Constant([-1, 1, -1, 1, 0, 0, 0.2, -0.1, 0.4, 0.6, -0.5, 0], 2, 6), Input.Constant([-9, -7, -9, 1, -4, -3, -4, 0], 2, 4)],
+            fp32: 1e-4);
+        yield return Vlb("[3,4099] crosses chunks", [Input.Random(3, 4099), Input.RandomConstant(3, 4099), Input.RandomConstant(3, 4099),
+            Input.RandomConstant(3, 4099), Input.Constant([-2, -1, -2, 0, -3, -2.5, -3, 0, -1.5, -1, -1.5, 0], 3, 4)]);
     }
 
     [TestCaseSource(nameof(Cases)), Category("GradCheck")]
