@@ -59,10 +59,13 @@ internal static class ImageFolder
     /// <summary>EDM2's label file: {"labels": [["00000/img00000000.png", 6], ...]} or {"labels": null}.</summary>
     public const string LabelsFile = "dataset.json";
 
-    /// <summary>True when a PNG lies anywhere under <paramref name="folder"/> (stops at the first).</summary>
+    /// <summary>
+    /// True when a PNG lies in <paramref name="folder"/> or two levels below (EDM2 puts them one level down); stops at
+    /// the first, and does not crawl a large unrelated tree passed by mistake.
+    /// </summary>
     public static bool HasPng(string folder) =>
-        Directory.EnumerateFiles(folder, "*", new EnumerationOptions { RecurseSubdirectories = true, MatchCasing = MatchCasing.CaseInsensitive })
-            .Any(f => f.EndsWith(".png", StringComparison.OrdinalIgnoreCase));
+        Directory.EnumerateFiles(folder, "*.png", new EnumerationOptions { RecurseSubdirectories = true, MaxRecursionDepth = 2, MatchCasing = MatchCasing.CaseInsensitive })
+            .Any();
 
     /// <summary>
     /// The label of each listed file from the folder's dataset.json, or null when it says "labels": null (unlabelled).
