@@ -40,8 +40,17 @@ public static class Cli
           --lr X               AdamW learning rate (default 1e-4; betas 0.9/0.999, eps 1e-8, no weight decay).
           --seed N             seed of every random draw (init, data order, t, noise, label dropout; default 0).
           --out DIR            run folder for metrics.jsonl, checkpoint.safetensors, config.json (default runs/latest).
-          --data DIR           IDX dataset folder (default /usr/share/datasets/fashion-mnist).
-          --image-size N       images are padded to N x N (default 32).
+          --data DIR           dataset folder (default /usr/share/datasets/fashion-mnist), recognised by its layout:
+                                 IDX: train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] (MNIST style);
+                                 REPA: images/ (PNGs) + vae-sd/ (.npy posteriors [2C,H,W] = mean, std; labels in
+                                   vae-sd/dataset.json): trains on z = (mean + std * eps) * 0.18215, the encoder sees
+                                   the PNGs;
+                                 PNG folder with EDM2's dataset.json {"labels": [[file, class], ...]} (or images/
+                                   without vae-sd/): trains on pixels. "labels": null means unlabelled (one class).
+          --image-size N       model input side. IDX: each image is centred on a black N x N square (default 32).
+                               PNG folder: centre crop to a square, then area (box) resize to N x N (default: the
+                               images' own side). REPA latents: fixed by the .npy shape; N must match it if given.
+                               Pixels are scaled to [-1, 1]; grey stays 1 channel, colour is RGB, alpha is dropped.
           --encoder NAME       REPA target encoder: resnet18 (default; stage-3 features) or none.
           --cache-dir DIR      where encoder targets are cached (fp16, memory-mapped; default ~/.cache/repa/targets).
           --encoder-size N     encoder input size in px (default 16 x the model's patch grid, so grids match).

@@ -10,9 +10,7 @@ namespace Repa.Runtime;
 internal static class TrainCommand
 {
     /// <summary>$XDG_CACHE_HOME/repa/targets, else ~/.cache/repa/targets.</summary>
-    public static string DefaultCacheFolder =>
-        Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x ? x
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "repa", "targets");
+    public static string DefaultCacheFolder => Path.Combine(TrainingData.CacheRoot, "targets");
 
     public static int Run(Options o, TextWriter stdout)
     {
@@ -26,7 +24,7 @@ internal static class TrainCommand
             Seed = (ulong)o.Int("--seed", 0, min: 0),
             OutputFolder = o.String("--out", Path.Combine("runs", "latest")),
             DataFolder = o.String("--data", IdxDataset.DefaultFashionMnistFolder),
-            ImageSize = o.Int("--image-size", 32, min: 1),
+            ImageSize = o.Int("--image-size", 0, min: 1), // 0: the dataset's default (set from the data below)
             EncoderDepth = o.Int("--encoder-depth", 0, min: 1),
             QkNorm = o.String("--qk-norm", "false", "true", "false") == "true",
             CheckpointEvery = o.Int("--ckpt-every", 0, min: 1),
@@ -45,7 +43,8 @@ internal static class TrainCommand
         o.RejectUnknown();
         if (options.Resume != null) Trainer.ResolveCheckpoint(options.Resume); // fail before any expensive work
 
-        var data = IdxDataset.LoadFolder(options.DataFolder, train: true);
+        var data = TrainingData.Open(options.DataFolder, options.ImageSize);
+        options = options with { ImageSize = data.Size };
         using var backend = new CpuBackend(threads);
         double peak = FmaPeak.Measure(threads, 0.1); // measured, not assumed: MFU is relative to this machine's FMA peak
         stdout.WriteLine($"device: {backend.Description}, measured fp32 FMA peak {peak:F0} GFLOP/s");
@@ -57,7 +56,7 @@ internal static class TrainCommand
             var preset = SiTConfig.Preset(model);
             int size = encoderSize > 0 ? encoderSize : 16 * (options.ImageSize / preset.PatchSize);
             encoder = OnnxEncoder.ResNet18(inputSize: size);
-            targets = new EncoderTargets(data, encoder, options.ImageSize, "ResNet-18 stage 3 (ReLU347)", cacheFolder);
+            targets = new EncoderTargets(data, encoder, "ResNet-18 stage 3 (ReLU347)", cacheFolder);
         }
         using (encoder)
         using (targets)

@@ -108,6 +108,31 @@ public sealed class OnnxEncoderTests
     }
 
     [Test]
+    public void RgbBytesAreFedAsBgrMinusTheMeans()
+    {
+        // Two RGB byte images [2, 3, 24, 24] with distinct channels.
+        var bytes = new byte[2 * 3 * 576];
+        for (int i = 0; i < bytes.Length; i++) bytes[i] = (byte)((i * 37 + i / 576 * 90) % 256);
+        var viaBytes = _e128.Encode(bytes, 2, 3, 24, 24, out int t, out int d);
+        var viaFloats = _e128.Encode(bytes.Select(b => (float)(b / 127.5 - 1)).ToArray(), 2, 3, 24, 24, out _, out _);
+        Assert.That((t, d), Is.EqualTo((64, 256)));
+        Assert.That(viaBytes, Is.EqualTo(viaFloats), "bytes are the [-1, 1] floats the training inputs use");
+
+        // The same network told the image is already BGR (no swap) with the means in that order gives the same features
+        // for the channel-reversed image: so ResNet18() feeds B, G, R minus 103.06, 115.90, 123.15.
+        var swapped = new byte[bytes.Length];
+        for (int i = 0; i < 2; i++)
+        for (int c = 0; c < 3; c++)
+            bytes.AsSpan((i * 3 + c) * 576, 576).CopyTo(swapped.AsSpan((i * 3 + 2 - c) * 576, 576));
+        using var plain = new OnnxEncoder(OnnxEncoder.FindResNet18(), "Input247", "ReLU347_Output_0", 128,
+            [103.06f, 115.90f, 123.15f], [1f, 1f, 1f], bgr: false, pixelScale: 255f);
+        var direct = plain.Encode(swapped, 2, 3, 24, 24, out _, out _);
+        for (int k = 0; k < direct.Length; k++)
+            Assert.That(direct[k], Is.EqualTo(viaBytes[k]).Within(1e-4f * Math.Max(1f, Math.Abs(viaBytes[k]))), $"feature {k}");
+        Assert.That(_e128.Encode(swapped, 2, 3, 24, 24, out _, out _), Is.Not.EqualTo(viaBytes), "channel order matters");
+    }
+
+    [Test]
     public void ManyImagesAreChunkedAndMatchSmallBatches()
     {
         // 19 images cross the 16-image chunk; each must match the same image encoded in a batch of its own.

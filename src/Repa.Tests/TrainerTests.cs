@@ -24,12 +24,13 @@ public class TrainerTests
     public void TargetsAreCachedOnDiskAndTheKeyFollowsTheInputs()
     {
         var data = Data();
+        var padded = new IdxTrainingData(data, 32);
         string folder = Path.Combine(Cache, "own");
         using var be = new CpuBackend(1);
         using var encoder = OnnxEncoder.ResNet18(inputSize: 128);
         float[] first;
         string path;
-        using (var targets = new EncoderTargets(data, encoder, 32, "resnet18", folder))
+        using (var targets = new EncoderTargets(padded, encoder, "resnet18", folder))
         {
             Assert.That((targets.Tokens, targets.Dim), Is.EqualTo((64, 256)));
             targets.Precompute([5, 9, 5], null);
@@ -37,7 +38,7 @@ public class TrainerTests
             first = targets.Targets([9, 5], be, Kernels.DType.F32).ToFloatArray();
             path = targets.CachePath;
         }
-        using (var again = new EncoderTargets(data, encoder, 32, "resnet18", folder))
+        using (var again = new EncoderTargets(padded, encoder, "resnet18", folder))
         {
             Assert.That(again.CachePath, Is.EqualTo(path));
             Assert.That(again.Cached, Is.EqualTo(3), "the cache survives across runs");
@@ -48,7 +49,7 @@ public class TrainerTests
         data.FillBatch([9], images, new int[1], 32);
         var exact = encoder.Encode(images, 1, 1, 32, 32, out _, out _);
         for (int i = 0; i < exact.Length; i += 97) Assert.That(first[i], Is.EqualTo(exact[i]).Within(1e-3 * Math.Max(1, Math.Abs(exact[i]))));
-        using var other = new EncoderTargets(data, encoder, 28, "resnet18", folder);
+        using var other = new EncoderTargets(new IdxTrainingData(data, 28), encoder, "resnet18", folder);
         Assert.That(other.CachePath, Is.Not.EqualTo(path), "another image size is another cache");
     }
 
@@ -62,10 +63,10 @@ public class TrainerTests
 
     private static IReadOnlyList<StepMetrics> Train(TrainOptions options, bool repa, string folder)
     {
-        var data = Data();
+        var data = new IdxTrainingData(Data(), options.ImageSize);
         using var backend = new CpuBackend(2);
         using var encoder = repa ? OnnxEncoder.ResNet18(inputSize: 16 * (options.ImageSize / 4)) : null;
-        using var targets = repa ? new EncoderTargets(data, encoder!, options.ImageSize, "resnet18", Cache) : null;
+        using var targets = repa ? new EncoderTargets(data, encoder!, "resnet18", Cache) : null;
         using var trainer = new Trainer(backend, options with { OutputFolder = folder }, data, targets);
         return trainer.Run(TextWriter.Null);
     }
@@ -111,7 +112,7 @@ public class TrainerTests
         // SiT-T/2, vanilla (no projector): per token 6 blocks x 12 D^2 + patch and final linear (2 x 4 x 192);
         // per image 6 x 6 D^2 (adaLN) + 2 D^2 (final adaLN) + 256 D + D^2 (timestep MLP); attention 6 x 4 T^2 D.
         using var be = new CpuBackend(1);
-        using var trainer = new Trainer(be, new TrainOptions { Model = "SiT-T/2", Objective = new ObjectiveConfig(ProjCoeff: 0) }, Data(), null);
+        using var trainer = new Trainer(be, new TrainOptions { Model = "SiT-T/2", Objective = new ObjectiveConfig(ProjCoeff: 0) }, new IdxTrainingData(Data(), 32), null);
         double d = 192, t = 256;
         double forward = 2 * ((6 * 12 * d * d + 2 * 4 * d) * t + 6 * 6 * d * d + 2 * d * d + 256 * d + d * d) + 6 * 4 * t * t * d;
         Assert.That(trainer.FlopsPerImage, Is.EqualTo(3 * forward).Within(1e-6).Percent);

@@ -20,9 +20,6 @@ public sealed class IdxDataset
     private const int LabelsMagic = 0x00000801;
     private const int HeaderDimBytes = 4;
 
-    // x / 127.5 - 1 computed once in double and rounded, so every pixel maps to the nearest float of the exact value.
-    private static readonly float[] Scale = BuildScale();
-
     private readonly byte[] _pixels;
     private readonly byte[] _labels;
 
@@ -93,7 +90,7 @@ public sealed class IdxDataset
 
         images.Fill(-1f);
         int top = (padTo - Height) / 2, left = (padTo - Width) / 2, size = Height * Width;
-        var scale = Scale.AsSpan();
+        var scale = TrainingData.PixelToUnit;
         for (int b = 0; b < n; b++)
         {
             int i = indices[b];
@@ -154,13 +151,6 @@ public sealed class IdxDataset
     {
         if ((uint)i >= (uint)Count)
             throw new ArgumentOutOfRangeException(nameof(i), i, $"IdxDataset: index {i} is outside [0, {Count}).");
-    }
-
-    private static float[] BuildScale()
-    {
-        var t = new float[256];
-        for (int x = 0; x < t.Length; x++) t[x] = (float)(x / 127.5 - 1.0);
-        return t;
     }
 
     private static string FindFile(string folder, string name)

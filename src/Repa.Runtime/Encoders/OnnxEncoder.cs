@@ -137,6 +137,19 @@ public sealed class OnnxEncoder : IDisposable
         return result!;
     }
 
+    /// <summary>
+    /// Encodes clean images given as bytes [N, C, H, W], 0 black to 255 white (C = 1 grey, replicated to RGB; C = 3 RGB,
+    /// fed to ResNet-18 as BGR): exactly <see cref="Encode(ReadOnlySpan{float}, int, int, int, int, out int, out int)"/>
+    /// of b / 127.5 - 1, the scaling the training inputs use.
+    /// </summary>
+    public float[] Encode(ReadOnlySpan<byte> images, int n, int channels, int height, int width, out int tokens, out int dim)
+    {
+        var unit = Data.TrainingData.PixelToUnit;
+        var x = new float[images.Length];
+        for (int i = 0; i < x.Length; i++) x[i] = unit[images[i]];
+        return Encode(x, n, channels, height, width, out tokens, out dim);
+    }
+
     private void Run(RunOptions runOptions, OrtValue value, int start, int m, int n, ref float[]? result,
         ref int tokens, ref int dim)
     {

@@ -3,8 +3,11 @@ using System.IO.Compression;
 
 namespace Repa.Runtime.Plots;
 
-/// <summary>A minimal 8-bit RGB PNG writer (no palette, no interlace), so plots need no image library.</summary>
-public static class Png
+/// <summary>
+/// A minimal 8-bit RGB PNG writer (no palette, no interlace), so plots need no image library; the reader is in
+/// Png.Read.cs.
+/// </summary>
+public static partial class Png
 {
     private static readonly byte[] Signature = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A];
 

@@ -12,31 +12,30 @@ namespace Repa.Runtime.Training;
 /// <summary>
 /// REPA targets from a frozen ONNX encoder, computed once per dataset image and cached on disk as fp16 in a
 /// memory-mapped file [images, tokens, dim] (sparse: only computed images take space) with a bitmap of the images
-/// already done. The file name hashes the encoder's identity (model file, layer, input size, preprocessing), the image
-/// size and the dataset file, so changing any of them starts a new cache.
+/// already done. The encoder sees each example's clean image (<see cref="TrainingData.FillImages"/>: the padded or
+/// resized pixels, or for a latent dataset the PNG the latents came from). The file name hashes the encoder's identity
+/// (model file, layer, input size, preprocessing) and the dataset's <see cref="TrainingData.Identity"/>, so changing
+/// either starts a new cache.
 /// </summary>
 public sealed class EncoderTargets : ITargetProvider, IDisposable
 {
     private const int Chunk = 32;
-    private readonly IdxDataset data;
+    private readonly TrainingData data;
     private readonly OnnxEncoder encoder;
-    private readonly int imageSize;
     private readonly MemoryMappedFile file;
     private readonly MemoryMappedViewAccessor view;
     private readonly byte[] present;
     private readonly string presentPath;
 
-    public EncoderTargets(IdxDataset data, OnnxEncoder encoder, int imageSize, string name, string cacheFolder)
+    public EncoderTargets(TrainingData data, OnnxEncoder encoder, string name, string cacheFolder)
     {
         this.data = data;
         this.encoder = encoder;
-        this.imageSize = imageSize;
         var probe = Encode([0]);
         Tokens = probe.tokens;
         Dim = probe.dim;
-        var images = new FileInfo(data.ImagesPath);
         string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(string.Join("|",
-            encoder.Identity, imageSize, images.FullName, images.Length, images.LastWriteTimeUtc.Ticks, data.Count, Tokens, Dim))))[..16].ToLowerInvariant();
+            encoder.Identity, data.Identity, data.Count, Tokens, Dim))))[..16].ToLowerInvariant();
         Directory.CreateDirectory(cacheFolder);
         CachePath = Path.Combine(cacheFolder, $"targets-{key}.f16");
         presentPath = CachePath + ".done";
@@ -58,9 +57,9 @@ public sealed class EncoderTargets : ITargetProvider, IDisposable
 
     private (float[] features, int tokens, int dim) Encode(int[] indices)
     {
-        var images = new float[indices.Length * data.Channels * imageSize * imageSize];
-        data.FillBatch(indices, images, new int[indices.Length], imageSize);
-        var features = encoder.Encode(images, indices.Length, data.Channels, imageSize, imageSize, out int tokens, out int dim);
+        var images = new byte[indices.Length * data.ImageChannels * data.ImageHeight * data.ImageWidth];
+        data.FillImages(indices, images);
+        var features = encoder.Encode(images, indices.Length, data.ImageChannels, data.ImageHeight, data.ImageWidth, out int tokens, out int dim);
         return (features, tokens, dim);
     }
 

@@ -67,14 +67,14 @@ public sealed class Trainer : IDisposable
     public const ulong DataPurpose = 4;
 
     private readonly TrainOptions options;
-    private readonly IdxDataset data;
+    private readonly TrainingData data;
     private readonly ITargetProvider? targets;
     private readonly Objective objective;
     private readonly DdpmObjective? ddpm; // set for --objective ddpm; labels and noise still come from `objective`
     private readonly AdamW optimizer;
     private readonly Ema ema;
 
-    public Trainer(IBackend backend, TrainOptions options, IdxDataset data, ITargetProvider? targets)
+    public Trainer(IBackend backend, TrainOptions options, TrainingData data, ITargetProvider? targets)
     {
         this.options = options;
         this.data = data;
@@ -87,6 +87,8 @@ public sealed class Trainer : IDisposable
         bool repa = options.Objective.ProjCoeff > 0;
         if (repa && targets == null)
             throw new ArgumentException("proj_coeff > 0 needs encoder targets; give an encoder or use --proj-coeff 0 for vanilla SiT.");
+        if (options.ImageSize != data.Size)
+            throw new ArgumentException($"--image-size {options.ImageSize} does not match the dataset's model input size {data.Size}; open the data with the same size.");
         var config = SiTConfig.Preset(options.Model) with
         {
             InputSize = options.ImageSize,
@@ -194,7 +196,7 @@ public sealed class Trainer : IDisposable
         var indices = Indices(step);
         var images = new float[n * perImage];
         var labels = new int[n];
-        data.FillBatch(indices, images, labels, size);
+        data.FillBatch(indices, images, labels, options.Seed, (ulong)step);
         var dropped = objective.DropLabels(labels, data.NumClasses, options.Seed, (ulong)step);
         var t = ddpm != null ? ddpm.SampleTimes(options.Seed, (ulong)step, n) : objective.SampleTimes(options.Seed, (ulong)step, n);
         double total = 0, denoise = 0, proj = 0, vb = 0;
@@ -232,7 +234,7 @@ public sealed class Trainer : IDisposable
         var history = new List<StepMetrics>();
         // A resumed run appends to its log; a fresh one starts it anew.
         using var metrics = new StreamWriter(Path.Combine(options.OutputFolder, "metrics.jsonl"), append: CompletedSteps > 0);
-        log.WriteLine($"model: {Config.Name} ({Model.ParameterCount:N0} parameters, {Config.Tokens} tokens), data: {data.ImagesPath} ({data.Count} images, {data.NumClasses} classes), " +
+        log.WriteLine($"model: {Config.Name} ({Model.ParameterCount:N0} parameters, {Config.Tokens} tokens), data: {data.Description}, " +
                       (ddpm != null ? $"objective: ddpm ({ddpm.Diffusion.NumTimesteps} steps, linear betas, eps + learned variance)" : $"objective: {options.Objective.PathType} path") + $", proj_coeff {options.Objective.ProjCoeff}" + (targets != null ? $", targets: {targets.Description}" : ""));
         var total = Stopwatch.StartNew();
         using var tape = new Tape();
