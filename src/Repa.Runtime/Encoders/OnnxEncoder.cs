@@ -10,7 +10,7 @@ namespace Repa.Runtime.Encoders;
 /// the graph output and batch/height/width are symbolic, and the rewritten copy is cached under the temp folder keyed
 /// by a hash of the file and the names. <see cref="ResNet18"/> uses the ResNet-18 that ships in the NuGet package
 /// Microsoft.ML.DnnImageFeaturizer.ResNet18; the public constructor takes a user's own export (DINOv2, CLIP, ...).
-/// <see cref="Encode"/> may be called from several threads at once (InferenceSession.Run is thread-safe).
+/// Encode may be called from several threads at once (InferenceSession.Run is thread-safe).
 /// </summary>
 public sealed class OnnxEncoder : IDisposable
 {

@@ -4,10 +4,16 @@ using System.IO.Compression;
 namespace Repa.Runtime.Plots;
 
 /// <summary>A decoded PNG: <see cref="Pixels"/> holds Height rows of Width pixels of Channels interleaved bytes.</summary>
+/// <param name="Width">Pixels per row.</param>
+/// <param name="Height">Rows.</param>
 /// <param name="Channels">1 grey, 2 grey + alpha, 3 RGB, 4 RGBA (a palette image is expanded to 3, or 4 with tRNS).</param>
+/// <param name="Pixels">Height x Width x Channels bytes, row-major.</param>
 public sealed record PngImage(int Width, int Height, int Channels, byte[] Pixels);
 
 /// <summary>What a PNG's IHDR chunk says (see <see cref="Png.ReadInfo"/>).</summary>
+/// <param name="Width">Pixels per row.</param>
+/// <param name="Height">Rows.</param>
+/// <param name="BitDepth">Bits per sample (or per palette index).</param>
 /// <param name="ColorType">0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA.</param>
 public readonly record struct PngInfo(int Width, int Height, int BitDepth, int ColorType)
 {
