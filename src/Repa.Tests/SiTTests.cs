@@ -372,6 +372,25 @@ public class SiTTests
     }
 
     [Test]
+    public void HiddenStatesAreTheProjectorInput()
+    {
+        var cfg = Micro with { Depth = 3, EncoderDepth = 2 };
+        using var model = new SiT(Backend, DType.F64, cfg, seed: 1);
+        PerturbZeroInit(model, seed: 2);
+        using var tape = new Tape();
+        var (x, t, y) = Inputs(DType.F64, cfg, 2, seed: 3, [0, 1]);
+        var (_, projections) = model.Forward(x, t, y);
+        var h = model.HiddenStates(x, t, y);
+        Assert.That(h.Shape, Is.EqualTo(new[] { 2, cfg.Tokens, cfg.HiddenSize }));
+        Tensor P(string name) => model[$"projectors.0.{name}"];
+        var z = Autograd.Ops.Linear(Autograd.Ops.Silu(Autograd.Ops.Linear(Autograd.Ops.Silu(Autograd.Ops.Linear(h, P("0.weight"), P("0.bias"))),
+            P("2.weight"), P("2.bias"))), P("4.weight"), P("4.bias"));
+        Assert.That(z.ToDoubleArray(), Is.EqualTo(projections[0].ToDoubleArray()));
+        Assert.That(model.HiddenStates(x, t, y, depth: 3).ToDoubleArray(), Is.Not.EqualTo(h.ToDoubleArray()));
+        Assert.That(() => model.HiddenStates(x, t, y, depth: 4), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    [Test]
     public void ForwardRejectsMismatchedInputs()
     {
         using var model = new SiT(Backend, DType.F32, Micro, seed: 1);

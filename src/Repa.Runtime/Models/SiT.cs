@@ -101,17 +101,40 @@ public sealed class SiT : Module
     public (Tensor Output, Tensor[] Projections) Forward(Tensor x, Tensor t, Tensor y)
     {
         var cfg = Config;
-        int g = cfg.GridSize;
-        Validate(x, t, y);
+        Tensor[] projections = [];
+        var (h, cAct) = Trunk(x, t, y, blocks.Length, (i, hi) =>
+        {
+            if (i + 1 == cfg.EncoderDepth) projections = projectors.Select(pr => Project(pr, hi)).ToArray();
+        });
+        var fm = Ops.Chunk(Ops.Linear(cAct, finalAdaW, finalAdaB), 2, 1); // shift, scale
+        var tokens = Ops.Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C_out]
+        var output = Ops.Unpatchify(tokens, cfg.OutChannels, cfg.PatchSize, cfg.GridSize, cfg.GridSize);
+        return (output, projections);
+    }
 
+    /// <summary>
+    /// The raw residual stream [N, T, D] right after block <paramref name="depth"/> (1-based; default encoder_depth, the
+    /// projectors' input): what CKNNA and linear probes read. Later blocks and the final layer are not run.
+    /// </summary>
+    public Tensor HiddenStates(Tensor x, Tensor t, Tensor y, int? depth = null)
+    {
+        int k = depth ?? Config.EncoderDepth;
+        if (k < 1 || k > blocks.Length)
+            throw new ArgumentOutOfRangeException(nameof(depth), k, $"{Config.Name}: the block must be in 1..{blocks.Length}.");
+        return Trunk(x, t, y, k, null).Hidden;
+    }
+
+    /// <summary>Embeddings and the first <paramref name="count"/> blocks; <paramref name="afterBlock"/> sees each block's output.</summary>
+    private (Tensor Hidden, Tensor CondAct) Trunk(Tensor x, Tensor t, Tensor y, int count, Action<int, Tensor>? afterBlock)
+    {
+        var cfg = Config;
+        Validate(x, t, y);
         var h = Ops.Add(Ops.PatchEmbed(x, xW, xB), posEmbed); // [N, T, D] + [1, T, D]
         var tEmb = Ops.Linear(Ops.Silu(Ops.Linear(Ops.TimestepEmbedding(t, SiTConfig.FrequencyEmbeddingSize), t0W, t0B)), t2W, t2B);
         var c = Ops.Add(tEmb, Ops.Embedding(labelTable, y)); // [N, D]
         // Every adaLN_modulation starts with SiLU(c): the same value, computed once.
         var cAct = Ops.Silu(c);
-
-        Tensor[] projections = [];
-        for (int i = 0; i < blocks.Length; i++)
+        for (int i = 0; i < count; i++)
         {
             var blk = blocks[i];
             var mod = Ops.Chunk(Ops.Linear(cAct, blk.AdaW, blk.AdaB), 6, 1);
@@ -124,14 +147,9 @@ public sealed class SiT : Module
             var m = Ops.LayerNormModulate(h, mod[3], mod[4], 1e-6);
             var mlp = Ops.Linear(Ops.Gelu(Ops.Linear(m, blk.Fc1W, blk.Fc1B)), blk.Fc2W, blk.Fc2B);
             h = Ops.GatedResidual(h, mod[5], mlp);
-            if (i + 1 == cfg.EncoderDepth)
-                projections = projectors.Select(pr => Project(pr, h)).ToArray();
+            afterBlock?.Invoke(i, h);
         }
-
-        var fm = Ops.Chunk(Ops.Linear(cAct, finalAdaW, finalAdaB), 2, 1); // shift, scale
-        var tokens = Ops.Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C_out]
-        var output = Ops.Unpatchify(tokens, cfg.OutChannels, cfg.PatchSize, g, g);
-        return (output, projections);
+        return (h, cAct);
     }
 
     /// <summary>qk-norm on the packed qkv [N, T, 3D] (features ordered [3, heads, head_dim]): LayerNorm over head_dim of q and k.</summary>
