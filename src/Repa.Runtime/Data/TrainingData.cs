@@ -118,7 +118,14 @@ public abstract class TrainingData
     /// </list>
     /// <paramref name="imageSize"/> 0 means "the dataset's default". Errors are one sentence naming the path.
     /// </summary>
-    public static TrainingData Open(string root, int imageSize = 0)
+    public static TrainingData Open(string root, int imageSize = 0) => Open(root, imageSize, heldOut: false);
+
+    /// <summary>
+    /// As <see cref="Open(string, int)"/>; with <paramref name="heldOut"/> an IDX folder gives its test split
+    /// (t10k-images-idx3-ubyte[.gz]). Folder layouts have no split and give their images either way (check
+    /// <see cref="HasHeldOutSplit"/>).
+    /// </summary>
+    public static TrainingData Open(string root, int imageSize, bool heldOut)
     {
         ArgumentNullException.ThrowIfNull(root);
         if (imageSize < 0) throw new ArgumentOutOfRangeException(nameof(imageSize), imageSize, "the image size must be positive (0: the dataset's default).");
@@ -130,7 +137,7 @@ public abstract class TrainingData
             throw new DirectoryNotFoundException($"dataset folder '{root}' does not exist; pass --data with {Layouts}.");
         }
         if (IdxTrainingData.IsIdxFolder(root))
-            return new IdxTrainingData(IdxDataset.LoadFolder(root, train: true), imageSize > 0 ? imageSize : DefaultIdxSize);
+            return new IdxTrainingData(IdxDataset.LoadFolder(root, train: !heldOut), imageSize > 0 ? imageSize : DefaultIdxSize);
         if (Directory.Exists(Path.Combine(root, LatentFolderData.LatentsFolder)))
             return new LatentFolderData(root, imageSize);
         if (Directory.Exists(Path.Combine(root, LatentFolderData.ImagesFolder)))
@@ -139,6 +146,9 @@ public abstract class TrainingData
             return new ImageFolderData(root, imageSize);
         throw new InvalidDataException($"'{root}' holds no dataset: pass --data with {Layouts}.");
     }
+
+    /// <summary>Whether <see cref="Open(string, int, bool)"/> with heldOut gives images the model never trained on.</summary>
+    public static bool HasHeldOutSplit(string root) => Directory.Exists(root) && IdxTrainingData.IsIdxFolder(root);
 
     private void CheckIndices(ReadOnlySpan<int> indices)
     {

@@ -1,0 +1,213 @@
+using System.Diagnostics;
+using Repa.Autograd;
+using Repa.Kernels;
+using Repa.Runtime.Data;
+using Repa.Runtime.Encoders;
+using Repa.Runtime.Models;
+using Repa.Runtime.Sampling;
+using Repa.Runtime.Training;
+
+namespace Repa.Runtime.Eval;
+
+/// <summary>What <see cref="ModelEvaluator"/> measures and how.</summary>
+public sealed record EvalOptions
+{
+    /// <summary>Generated images for the Frechet distance, class-balanced (label i mod classes); also the real images used.</summary>
+    public int Samples { get; init; } = 1000;
+
+    /// <summary>The sampler of the generated images (its seed is <see cref="Seed"/>).</summary>
+    public SamplerOptions Sampler { get; init; } = new();
+
+    /// <summary>At most this many images per model call.</summary>
+    public int ModelBatch { get; init; } = 64;
+
+    /// <summary>
+    /// The time at which hidden states are read for CKNNA and the probe: x_t on the model's path from a clean image and
+    /// Philox noise, with the null label (so the class cannot leak in through the conditioning). Our choice: 0.5.
+    /// </summary>
+    public double ProbeTime { get; init; } = 0.5;
+
+    /// <summary>Training images whose hidden states train the linear probe (tested on the real images).</summary>
+    public int ProbeTrainImages { get; init; } = 2000;
+
+    /// <summary>Neighbours of CKNNA (the paper: 10).</summary>
+    public int K { get; init; } = Cknna.DefaultK;
+
+    /// <summary>Side of the ResNet-18 input (a multiple of 32; images are resized bilinearly).</summary>
+    public int EncoderSize { get; init; } = 64;
+
+    public ulong Seed { get; init; }
+
+    public EvalOptions Validate()
+    {
+        if (Samples < 2) throw new ArgumentException($"--num must be at least 2 (a covariance needs two samples), got {Samples}.");
+        if (ModelBatch < 1) throw new ArgumentException($"--model-batch must be at least 1, got {ModelBatch}.");
+        if (!(ProbeTime >= 0 && ProbeTime < 1)) throw new ArgumentException($"--probe-t must be in [0, 1), got {ProbeTime}.");
+        if (ProbeTrainImages < 2) throw new ArgumentException($"--probe-train must be at least 2, got {ProbeTrainImages}.");
+        if (K < 1 || K >= Samples) throw new ArgumentException($"CKNNA's k ({K}) must be in 1..{Samples - 1} (below --num).");
+        if (EncoderSize < 32 || EncoderSize % 32 != 0) throw new ArgumentException($"--encoder-size must be a multiple of 32, got {EncoderSize}.");
+        Sampler.Validate();
+        return this;
+    }
+}
+
+/// <summary>One evaluation: FD in the encoder's feature space, CKNNA and linear-probe accuracy, and how they were made.</summary>
+public sealed record EvalReport
+{
+    public double? Fd { get; init; }
+    public string? FdSkipped { get; init; }
+    public required string FdEncoder { get; init; }
+    public int Generated { get; init; }
+    public int RealImages { get; init; }
+    public required string RealSplit { get; init; }
+    public double Cknna { get; init; }
+    public int CknnaK { get; init; }
+    public double ProbeAccuracy { get; init; }
+    public int ProbeTrainImages { get; init; }
+    public double ProbeTime { get; init; }
+    public int Layer { get; init; }
+    public required string Sampler { get; init; }
+    public double Seconds { get; init; }
+
+    /// <summary>One line for the console.</summary>
+    public string Summary() => FormattableString.Invariant(
+        $"FD {(Fd is double fd ? fd.ToString("F2", System.Globalization.CultureInfo.InvariantCulture) : "n/a")} ({FdEncoder}, {Generated} generated vs {RealImages} real), CKNNA {Cknna:F4} (k {CknnaK}), linear probe {100 * ProbeAccuracy:F1}% (block {Layer}, t {ProbeTime})");
+}
+
+/// <summary>
+/// Measures a SiT against a dataset, as issue 4 asks and the paper's section 4 does at scale: the Frechet distance between
+/// generated and real images in the pooled feature space of ResNet-18 (Pooling395, 512-d; our offline stand-in for
+/// FD-DINOv2/FID); CKNNA between the model's mean-pooled hidden states after encoder_depth and the same encoder features
+/// of the clean images; and a linear probe's accuracy on those hidden states. The real-image features are computed once
+/// in the constructor, so evaluating several checkpoints (a study) pays for them once.
+/// </summary>
+public sealed class ModelEvaluator : IDisposable
+{
+    public const string EncoderLayer = "Pooling395_Output_0";
+    private readonly EvalOptions options;
+    private readonly TrainingData train, real;
+    private readonly OnnxEncoder encoder;
+    private readonly int[] realIndices, probeIndices;
+    private readonly double[] realFeatures;
+    private readonly int featureDim;
+    private readonly GaussianStats realStats;
+    private readonly TextWriter? progress;
+
+    /// <param name="train">The training data (the probe trains on its images).</param>
+    /// <param name="real">Real images for FD, CKNNA and the probe's test (a held-out split where the dataset has one).</param>
+    /// <param name="realSplit">Says which split <paramref name="real"/> is, for the report.</param>
+    public ModelEvaluator(TrainingData train, TrainingData real, string realSplit, EvalOptions options, TextWriter? progress = null)
+    {
+        this.train = train ?? throw new ArgumentNullException(nameof(train));
+        this.real = real ?? throw new ArgumentNullException(nameof(real));
+        this.options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
+        this.progress = progress;
+        RealSplit = realSplit;
+        if (real.Count < options.Samples)
+            throw new ArgumentException($"--num {options.Samples} is more than the {real.Count} real images of {real.Description}; lower --num.");
+        realIndices = Enumerable.Range(0, options.Samples).ToArray();
+        probeIndices = SpreadIndices(train.Count, Math.Min(options.ProbeTrainImages, train.Count));
+        encoder = OnnxEncoder.ResNet18(EncoderLayer, options.EncoderSize);
+        FdEncoder = $"ResNet-18 pooled features ({EncoderLayer}) at {options.EncoderSize} px";
+        var images = new byte[(long)realIndices.Length * real.ImageChannels * real.ImageHeight * real.ImageWidth];
+        real.FillImages(realIndices, images);
+        realFeatures = EncodeBytes(images, realIndices.Length, real.ImageChannels, real.ImageHeight, real.ImageWidth, out featureDim);
+        realStats = GaussianStats.FromFeatures(realFeatures, featureDim);
+    }
+
+    public string FdEncoder { get; }
+    public string RealSplit { get; }
+
+    /// <summary>Evaluates <paramref name="model"/> (trained on <paramref name="pathType"/>, "linear" or "cosine").</summary>
+    public EvalReport Evaluate(SiT model, string pathType)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var cfg = model.Config;
+        if (cfg.InChannels != real.Channels || cfg.InputSize != real.Size)
+            throw new ArgumentException($"{cfg.Name} takes [{cfg.InChannels}, {cfg.InputSize}, {cfg.InputSize}] inputs but the dataset gives [{real.Channels}, {real.Size}, {real.Size}]; evaluate on the data the model was trained on.");
+        var sw = Stopwatch.StartNew();
+        var sampler = options.Sampler with { Seed = options.Seed, PathType = pathType };
+
+        // FD needs images: a latent model's samples would need the VAE decoder, which is not here.
+        bool pixels = real.Channels == real.ImageChannels && real.Size == real.ImageHeight && real.Size == real.ImageWidth;
+        double? fd = null;
+        if (pixels)
+        {
+            var labels = Enumerable.Range(0, options.Samples).Select(i => i % cfg.NumClasses).ToArray();
+            var started = Stopwatch.StartNew();
+            var samples = SiTSampling.Generate(model, labels, sampler, options.ModelBatch, p =>
+                progress?.Write($"\reval: sampling {ProgressBar.Bar(p.Step, p.Steps)} step {p.Step}/{p.Steps} | ETA {ProgressBar.Eta(started.Elapsed, p.Step, p.Steps)}   "));
+            progress?.WriteLine();
+            var bytes = new byte[samples.Length];
+            for (int i = 0; i < bytes.Length; i++) bytes[i] = SampleImages.ToByte(samples[i]);
+            var generated = EncodeBytes(bytes, labels.Length, cfg.InChannels, cfg.InputSize, cfg.InputSize, out int dim);
+            fd = FrechetDistance.Compute(GaussianStats.FromFeatures(generated, dim), realStats);
+        }
+
+        progress?.Write("eval: hidden states for CKNNA and the linear probe ...");
+        var realHidden = PooledHidden(model, real, realIndices, pathType, streamOffset: 0, out var realLabels);
+        double cknna = Cknna.Compute(realHidden, cfg.HiddenSize, realFeatures, featureDim, options.K);
+        var probeHidden = PooledHidden(model, train, probeIndices, pathType, streamOffset: 1, out var probeLabels);
+        var probe = LinearProbe.Train(probeHidden, probeLabels, cfg.HiddenSize, Math.Max(train.NumClasses, real.NumClasses));
+        double accuracy = probe.Accuracy(realHidden, realLabels);
+        progress?.WriteLine(" done");
+
+        return new EvalReport
+        {
+            Fd = fd,
+            FdSkipped = pixels ? null : "the model generates VAE latents; FD needs decoded images and no VAE decoder is available here",
+            FdEncoder = FdEncoder,
+            Generated = pixels ? options.Samples : 0,
+            RealImages = realIndices.Length,
+            RealSplit = RealSplit,
+            Cknna = cknna,
+            CknnaK = options.K,
+            ProbeAccuracy = accuracy,
+            ProbeTrainImages = probeIndices.Length,
+            ProbeTime = options.ProbeTime,
+            Layer = cfg.EncoderDepth,
+            Sampler = pixels ? Describe(sampler) : "none",
+            Seconds = sw.Elapsed.TotalSeconds,
+        };
+    }
+
+    /// <summary>"SDE Euler-Maruyama, 50 steps, cfg 1" and the like.</summary>
+    public static string Describe(SamplerOptions s) => FormattableString.Invariant(
+        $"{(s.Mode == SamplerMode.Sde ? "SDE Euler-Maruyama" : s.Heun ? "ODE Heun" : "ODE Euler")}, {s.Steps} steps, cfg {s.CfgScale}{(s.CfgScale > 1 ? $" on t in [{s.GuidanceLow}, {s.GuidanceHigh}]" : "")}, {s.PathType} path");
+
+    /// <summary>Mean over tokens of the residual stream after encoder_depth for x_t of the given images, null label.</summary>
+    private double[] PooledHidden(SiT model, TrainingData data, int[] indices, string pathType, ulong streamOffset, out int[] labels)
+    {
+        var cfg = model.Config;
+        int n = indices.Length, per = cfg.InChannels * cfg.InputSize * cfg.InputSize;
+        var inputs = new float[(long)n * per];
+        labels = new int[n];
+        data.FillBatch(indices, inputs, labels, options.Seed, 0);
+        var noise = new double[inputs.Length];
+        Philox.Normal(options.Seed, Objective.Stream(streamOffset, EvalPurpose), 0, noise);
+        Objective.Interpolant(pathType, options.ProbeTime, out double alpha, out double sigma, out _, out _);
+        var xt = new double[inputs.Length];
+        for (long i = 0; i < xt.Length; i++) xt[i] = alpha * inputs[i] + sigma * noise[i];
+        var runner = new BatchedModel(model.Backend, model.DType, [cfg.InChannels, cfg.InputSize, cfg.InputSize],
+            (x, t, y) => Ops.Mean(model.HiddenStates(x, t, y), [1]), options.ModelBatch);
+        var hidden = new double[(long)n * cfg.HiddenSize];
+        runner.Run(xt, options.ProbeTime, Enumerable.Repeat(cfg.NumClasses, n).ToArray(), hidden);
+        return hidden;
+    }
+
+    /// <summary>Philox purpose of the evaluation's noise (outside the trainer's 1-4 and the data's 8).</summary>
+    public const ulong EvalPurpose = 12;
+
+    private double[] EncodeBytes(byte[] images, int n, int channels, int height, int width, out int dim)
+    {
+        var features = encoder.Encode(images, n, channels, height, width, out int tokens, out dim);
+        if (tokens != 1) throw new InvalidOperationException($"{EncoderLayer} should be a pooled vector, got {tokens} tokens.");
+        return Array.ConvertAll(features, v => (double)v);
+    }
+
+    /// <summary>count indices spread evenly over 0..total-1 (every class of a shuffled dataset is represented).</summary>
+    private static int[] SpreadIndices(int total, int count) =>
+        Enumerable.Range(0, count).Select(i => (int)((long)i * total / count)).ToArray();
+
+    public void Dispose() => encoder.Dispose();
+}
