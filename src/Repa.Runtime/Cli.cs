@@ -60,7 +60,9 @@ public static class Cli
           --threads N          CPU threads (default: all cores).
 
         SAMPLE OPTIONS
-          --checkpoint C       run folder or its checkpoint.safetensors (config.json beside it); the EMA weights are used.
+          --checkpoint C       run folder or its checkpoint.safetensors (config.json beside it).
+          --weights ema|raw    the EMA of the weights (default, as REPA) or the raw trained weights. With decay 0.9999 the
+                               EMA of a run of a few hundred steps is still mostly the initial model (which outputs 0).
           --labels 0,3,7       classes to draw, one grid row each (default: every class of the model).
           --per-class N        samples per class, i.e. per row (default 8).
           --unconditional      sample with the null class instead of labels (no guidance possible).

@@ -34,6 +34,7 @@ internal static class SampleCommand
             GuidanceHigh = o.Double("--guidance-high", 1.0),
             Seed = (ulong)o.Int("--seed", 0, min: 0),
         };
+        bool ema = o.String("--weights", "ema", "ema", "raw") == "ema";
         string outFolder = o.String("--out", "");
         int modelBatch = o.Int("--batch", 16, min: 1);
         o.String("--device", "auto", "auto", "cpu");
@@ -45,7 +46,7 @@ internal static class SampleCommand
         sampler.Validate(); // before the checkpoint loads: bad flags fail at once
 
         using var backend = new CpuBackend(threads);
-        var loaded = SiTSampling.LoadEma(checkpoint, backend);
+        var loaded = SiTSampling.Load(checkpoint, backend, ema);
         using var model = loaded.Model;
         var config = model.Config;
         sampler = sampler with { PathType = loaded.Objective.PathType };
@@ -59,7 +60,7 @@ internal static class SampleCommand
             ? string.Create(CultureInfo.InvariantCulture, $"cfg {sampler.CfgScale} for t in [{sampler.GuidanceLow}, {sampler.GuidanceHigh}]")
             : "no guidance";
         string method = $"{(sampler.Mode == SamplerMode.Ode ? sampler.Heun ? "ODE Heun" : "ODE Euler" : "SDE Euler-Maruyama")} {sampler.Steps} steps";
-        stdout.WriteLine($"model: {config.Name} (EMA weights{(loaded.Step is { } s ? $" of step {s}" : "")}, {loaded.Objective.PathType} path) from {loaded.File}");
+        stdout.WriteLine($"model: {config.Name} ({(ema ? "EMA" : "raw")} weights{(loaded.Step is { } s ? $" of step {s}" : "")}, {loaded.Objective.PathType} path) from {loaded.File}");
         stdout.WriteLine($"sampling {labels.Length} images ({rowClasses.Length} {(unconditional ? "unconditional rows" : "classes")} x {perClass}), {method}, {guidance}, seed {sampler.Seed}, device: {backend.Description}");
 
         var clock = Stopwatch.StartNew();

@@ -8,24 +8,26 @@ using Repa.Runtime.Training;
 
 namespace Repa.Runtime.Sampling;
 
-/// <summary>A SiT with a checkpoint's EMA weights, the objective it was trained with, and where it came from.</summary>
-/// <param name="Model">The model (fp32) holding the EMA averages in its trainable tensors; the caller disposes it.</param>
+/// <summary>A SiT loaded from a checkpoint, the objective it was trained with, and where it came from.</summary>
+/// <param name="Model">The model (fp32); the caller disposes it.</param>
 /// <param name="Objective">The training objective from config.json (its path_type is the sampler's).</param>
 /// <param name="File">The checkpoint file read.</param>
 /// <param name="Step">The optimiser step the checkpoint was saved at, or null when its metadata lacks it.</param>
-public sealed record EmaModel(SiT Model, ObjectiveConfig Objective, string File, int? Step);
+/// <param name="Ema">Whether the trainable tensors hold the EMA averages (true) or the raw trained weights.</param>
+public sealed record CheckpointModel(SiT Model, ObjectiveConfig Objective, string File, int? Step, bool Ema);
 
-/// <summary>Sampling a trained SiT checkpoint: its EMA weights (as REPA's generate.py loads 'ema'), in sample groups.</summary>
+/// <summary>Sampling a trained SiT checkpoint: by default its EMA weights (as REPA's generate.py loads 'ema'), in sample groups.</summary>
 public static class SiTSampling
 {
     /// <summary>Samples integrated together by <see cref="Generate"/> (the float64 state of one group stays small).</summary>
     public const int DefaultGroupSize = 256;
 
     /// <summary>
-    /// Loads the SiT of a checkpoint (a .safetensors file or its run folder) with config.json from beside it, taking every
-    /// trainable tensor from its "ema.&lt;name&gt;" average and the frozen ones (pos_embed) from the state_dict.
+    /// Loads the SiT of a checkpoint (a .safetensors file or its run folder) with config.json from beside it. With
+    /// <paramref name="ema"/> (REPA's choice) every trainable tensor comes from its "ema.&lt;name&gt;" average and the frozen
+    /// ones (pos_embed) from the state_dict; without it, everything from the state_dict (the raw trained weights).
     /// </summary>
-    public static EmaModel LoadEma(string checkpoint, IBackend backend)
+    public static CheckpointModel Load(string checkpoint, IBackend backend, bool ema = true)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         ArgumentNullException.ThrowIfNull(backend);
@@ -36,7 +38,7 @@ public static class SiTSampling
         {
             using var state = SafeTensors.Read(file, backend);
             var weights = new Dictionary<string, Tensor>(state.Tensors, StringComparer.Ordinal);
-            foreach (var (name, _) in model.NamedParameters())
+            foreach (var (name, _) in ema ? model.NamedParameters() : [])
             {
                 if (!state.Tensors.TryGetValue(Ema.Prefix + name, out var average))
                     throw new InvalidDataException($"checkpoint '{file}' has no EMA weights ('{Ema.Prefix}{name}' is missing); sampling uses the EMA, so pass a checkpoint that `train` wrote.");
@@ -51,7 +53,7 @@ public static class SiTSampling
                 throw new InvalidDataException($"checkpoint '{file}' does not fit the {config.Name} of its config.json: {e.Message}");
             }
             int? step = state.Metadata.TryGetValue(AdamW.StepKey, out var text) && int.TryParse(text, CultureInfo.InvariantCulture, out int s) ? s : null;
-            return new EmaModel(model, objective, file, step);
+            return new CheckpointModel(model, objective, file, step, ema);
         }
         catch
         {
