@@ -61,6 +61,10 @@ internal static class SampleCommand
             : "no guidance";
         string method = $"{(sampler.Mode == SamplerMode.Ode ? sampler.Heun ? "ODE Heun" : "ODE Euler" : "SDE Euler-Maruyama")} {sampler.Steps} steps";
         stdout.WriteLine($"model: {config.Name} ({(ema ? "EMA" : "raw")} weights{(loaded.Step is { } s ? $" of step {s}" : "")}, {loaded.Objective.PathType} path) from {loaded.File}");
+        double decay = new Training.TrainOptions().EmaDecay; // `train` does not expose the decay: its default is the run's
+        if (ema && loaded.Step is { } steps && Math.Pow(decay, steps) > 0.5)
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"note: after {steps} steps the EMA (decay {decay}) is still {100 * Math.Pow(decay, steps):F0}% the initial model, whose output is 0; --weights raw samples the trained weights."));
         stdout.WriteLine($"sampling {labels.Length} images ({rowClasses.Length} {(unconditional ? "unconditional rows" : "classes")} x {perClass}), {method}, {guidance}, seed {sampler.Seed}, device: {backend.Description}");
 
         var clock = Stopwatch.StartNew();

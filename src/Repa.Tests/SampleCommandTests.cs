@@ -90,7 +90,8 @@ public class SampleCommandTests
             "--batch", "4", "--out", output, "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         string png = Path.Combine(output, "samples.png");
-        Assert.That(stdout, Does.Contain("EMA weights of step 2").And.Contain("sampling step 3/3").And.Contain("ETA"));
+        Assert.That(stdout, Does.Contain("EMA weights of step 2").And.Contain("sampling step 3/3").And.Contain("ETA")
+            .And.Contain("note: after 2 steps the EMA (decay 0.9999) is still 100% the initial model"));
         Assert.That(stdout.TrimEnd().Split('\n')[^1], Does.StartWith("sample: 6 images in ").And.EndWith(png));
         AssertGridHolds(png, [0, 3, 7], 2, new SamplerOptions { Mode = SamplerMode.Sde, Steps = 3, Seed = 4 });
     }
