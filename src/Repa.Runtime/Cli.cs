@@ -26,6 +26,10 @@ public static class Cli
           train [options]
                      Trains SiT with REPA on the CPU (see TRAIN OPTIONS).
 
+          sample --checkpoint C [options]
+                     Draws images from a trained checkpoint's EMA weights with REPA's samplers and writes samples.png, a
+                     grid with one row per class (see SAMPLE OPTIONS).
+
           forward --checkpoint C --input IN.safetensors --output OUT.safetensors
                      Debug state for comparing with another implementation. IN holds x [N,C,H,W], t [N] (float32) and
                      y [N] (int32/int64): OUT gets "v" and "zs.<j>". If IN holds x0, noise, t, y and "target.<j>", the
@@ -67,7 +71,28 @@ public static class Cli
           --device auto|cpu    compute device (default auto = cpu; GPU backends arrive with later issues).
           --threads N          CPU threads (default: all cores).
 
-        Sampling (`sample`), evaluation (`eval`) and the other commands arrive with the next issues.
+        SAMPLE OPTIONS
+          --checkpoint C       run folder or its checkpoint.safetensors (config.json beside it).
+          --weights ema|raw    the EMA of the weights (default, as REPA) or the raw trained weights. With decay 0.9999 the
+                               EMA of a run of a few hundred steps is still mostly the initial model (which outputs 0).
+          --labels 0,3,7       classes to draw, one grid row each (default: every class of the model).
+          --per-class N        samples per class, i.e. per row (default 8).
+          --unconditional      sample with the null class instead of labels (no guidance possible).
+          --mode sde|ode       REPA's Euler-Maruyama SDE (default) or Euler ODE sampler.
+          --steps N            sampling steps (default 50, enough for our small models; the paper uses 250 with the SDE).
+          --heun               Heun's correction on every ODE step but the last (--mode ode only).
+          --cfg X              classifier-free guidance scale, >= 1 (default 1.0 = none; the paper's best is 1.8).
+          --guidance-low X     guidance applies while guidance-low <= t <= guidance-high (defaults 0 and 1, as REPA's
+          --guidance-high X    generate.py; the paper's best interval is [0, 0.7]).
+          --seed N             seed of the initial noise and of every SDE step (default 0); samples do not depend on --batch.
+          --batch N            images per model call (default 16; guidance doubles the images, not this limit).
+          --out DIR            where samples.png goes (default: the checkpoint's folder). Latent models (4 channels) cannot
+                               be decoded without the SD VAE: their latents go to samples.safetensors instead.
+          --device auto|cpu    compute device (default auto = cpu).
+          --threads N          CPU threads (default: all cores).
+          REPA's generate.py defaults differ: --mode ode, --cfg 1.5, 50 steps.
+
+        Evaluation (`eval`) and the other commands arrive with the next issues.
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -89,6 +114,8 @@ public static class Cli
                     return TrainCommand.Run(options, stdout);
                 case "forward":
                     return ForwardCommand.Run(options, stdout);
+                case "sample":
+                    return SampleCommand.Run(options, stdout);
                 default:
                     throw new UsageException($"unknown command '{args[0]}'; run `Repa.Runtime --help` for the list of commands.");
             }
@@ -158,7 +185,8 @@ public sealed class UsageException(string message) : Exception(message);
 /// <summary>--flag value pairs with typed, range-checked lookups and a check that nothing unknown was given.</summary>
 public sealed class Options
 {
-    private readonly Dictionary<string, string> values = new();
+    // A flag given without a value (followed by another flag or the end) maps to null: a switch such as --heun.
+    private readonly Dictionary<string, string?> values = new();
     private readonly HashSet<string> used = new();
 
     public static Options Parse(ReadOnlySpan<string> args)
@@ -168,16 +196,33 @@ public sealed class Options
         {
             string flag = args[i];
             if (!flag.StartsWith("--")) throw new UsageException($"unexpected argument '{flag}'; options look like --name value.");
-            if (i + 1 >= args.Length || args[i + 1].StartsWith("--")) throw new UsageException($"option {flag} needs a value.");
-            options.values[flag] = args[++i];
+            options.values[flag] = i + 1 < args.Length && !args[i + 1].StartsWith("--") ? args[++i] : null;
         }
         return options;
     }
 
-    public int Int(string flag, int fallback, int min = int.MinValue)
+    /// <summary>The value of <paramref name="flag"/>, or false when absent; an option that takes a value must have one.</summary>
+    private bool TryGet(string flag, out string text)
     {
         used.Add(flag);
-        if (!values.TryGetValue(flag, out var text)) return fallback;
+        text = "";
+        if (!values.TryGetValue(flag, out var value)) return false;
+        text = value ?? throw new UsageException($"option {flag} needs a value.");
+        return true;
+    }
+
+    /// <summary>A switch that takes no value (e.g. --heun): true when given.</summary>
+    public bool Flag(string flag)
+    {
+        used.Add(flag);
+        if (!values.TryGetValue(flag, out var value)) return false;
+        if (value != null) throw new UsageException($"option {flag} takes no value, got '{value}'.");
+        return true;
+    }
+
+    public int Int(string flag, int fallback, int min = int.MinValue)
+    {
+        if (!TryGet(flag, out var text)) return fallback;
         if (!int.TryParse(text, out int v) || v < min)
             throw new UsageException($"{flag} must be an integer >= {min}, got '{text}'.");
         return v;
@@ -185,8 +230,7 @@ public sealed class Options
 
     public double Double(string flag, double fallback, double min = double.MinValue)
     {
-        used.Add(flag);
-        if (!values.TryGetValue(flag, out var text)) return fallback;
+        if (!TryGet(flag, out var text)) return fallback;
         if (!double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) || !double.IsFinite(v) || v < min)
             throw new UsageException($"{flag} must be a number >= {min}, got '{text}'.");
         return v;
@@ -194,8 +238,7 @@ public sealed class Options
 
     public string String(string flag, string fallback, params string[] allowed)
     {
-        used.Add(flag);
-        if (!values.TryGetValue(flag, out var text)) return fallback;
+        if (!TryGet(flag, out var text)) return fallback;
         if (allowed.Length > 0 && !allowed.Contains(text))
             throw new UsageException($"{flag} must be one of {string.Join(", ", allowed)}, got '{text}'.");
         return text;

@@ -37,7 +37,7 @@ public class PlotTests
         return ~c;
     }
 
-    private sealed record Decoded(int Width, int Height, byte[] Raw, List<string> ChunkTypes)
+    internal sealed record Decoded(int Width, int Height, byte[] Raw, List<string> ChunkTypes)
     {
         /// <summary>Pixel (x, y) from the filter-0 scanlines.</summary>
         public (byte R, byte G, byte B) At(int x, int y)
@@ -48,7 +48,7 @@ public class PlotTests
     }
 
     /// <summary>Parses the file, checking the signature, every chunk's CRC and the IHDR fields, and inflates IDAT.</summary>
-    private static Decoded Decode(string path)
+    internal static Decoded Decode(string path)
     {
         byte[] f = File.ReadAllBytes(path);
         Assert.That(f.AsSpan(0, 8).ToArray(), Is.EqualTo(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }));

@@ -116,16 +116,11 @@ public abstract class TrainingData
     /// PNG centre-cropped to a square and area-resized to <paramref name="imageSize"/> (default: the first image's
     /// cropped side, i.e. no resize).</item>
     /// </list>
-    /// <paramref name="imageSize"/> 0 means "the dataset's default". Errors are one sentence naming the path.
+    /// <paramref name="imageSize"/> 0 means "the dataset's default". With <paramref name="heldOut"/> an IDX folder gives its
+    /// test split (t10k-images-idx3-ubyte[.gz]); folder layouts have no split and give their images either way (see
+    /// <see cref="HasHeldOutSplit"/>). Errors are one sentence naming the path.
     /// </summary>
-    public static TrainingData Open(string root, int imageSize = 0) => Open(root, imageSize, heldOut: false);
-
-    /// <summary>
-    /// As <see cref="Open(string, int)"/>; with <paramref name="heldOut"/> an IDX folder gives its test split
-    /// (t10k-images-idx3-ubyte[.gz]). Folder layouts have no split and give their images either way (check
-    /// <see cref="HasHeldOutSplit"/>).
-    /// </summary>
-    public static TrainingData Open(string root, int imageSize, bool heldOut)
+    public static TrainingData Open(string root, int imageSize = 0, bool heldOut = false)
     {
         ArgumentNullException.ThrowIfNull(root);
         if (imageSize < 0) throw new ArgumentOutOfRangeException(nameof(imageSize), imageSize, "the image size must be positive (0: the dataset's default).");
@@ -147,7 +142,7 @@ public abstract class TrainingData
         throw new InvalidDataException($"'{root}' holds no dataset: pass --data with {Layouts}.");
     }
 
-    /// <summary>Whether <see cref="Open(string, int, bool)"/> with heldOut gives images the model never trained on.</summary>
+    /// <summary>Whether <see cref="Open"/> gives held-out images the model never trained on.</summary>
     public static bool HasHeldOutSplit(string root) => Directory.Exists(root) && IdxTrainingData.IsIdxFolder(root);
 
     private void CheckIndices(ReadOnlySpan<int> indices)

@@ -96,6 +96,8 @@ public sealed class ModelEvaluator : IDisposable
     /// <param name="train">The training data (the probe trains on its images).</param>
     /// <param name="real">Real images for FD, CKNNA and the probe's test (a held-out split where the dataset has one).</param>
     /// <param name="realSplit">Says which split <paramref name="real"/> is, for the report.</param>
+    /// <param name="options">What to measure and how.</param>
+    /// <param name="progress">Where progress lines go (null: silent).</param>
     public ModelEvaluator(TrainingData train, TrainingData real, string realSplit, EvalOptions options, TextWriter? progress = null)
     {
         this.train = train ?? throw new ArgumentNullException(nameof(train));

@@ -80,7 +80,7 @@ public sealed class LinePlot
             c.VLine(x, top, bottom, grid);
             c.VLine(x, bottom, bottom + 4, black);
             string label = FormatTick(t, xStep);
-            c.Text(label, x - TextWidth(label, 1) / 2, bottom + 8, 1, black);
+            c.Text(label, x - Canvas.TextWidth(label, 1) / 2, bottom + 8, 1, black);
         }
         double yStep = yTicks.Length > 1 ? yTicks[1] - yTicks[0] : 1;
         int widestY = 0;
@@ -90,7 +90,7 @@ public sealed class LinePlot
             c.HLine(left, right, y, grid);
             c.HLine(left - 4, left, y, black);
             string label = LogY ? Math.Pow(10, t).ToString("G3", CultureInfo.InvariantCulture) : FormatTick(t, yStep);
-            int w = TextWidth(label, 1);
+            int w = Canvas.TextWidth(label, 1);
             widestY = Math.Max(widestY, w);
             c.Text(label, left - 7 - w, y - 3, 1, black);
         }
@@ -114,12 +114,12 @@ public sealed class LinePlot
         c.HLine(left, right, bottom, black); c.HLine(left, right, top, black);
         c.VLine(left, top, bottom, black); c.VLine(right, top, bottom, black);
 
-        if (Title.Length > 0) c.Text(Title, (left + right) / 2 - TextWidth(Title, 2) / 2, 12, 2, black);
-        if (XLabel.Length > 0) c.Text(XLabel, (left + right) / 2 - TextWidth(XLabel, 1) / 2, bottom + 26, 1, gray);
+        if (Title.Length > 0) c.Text(Title, (left + right) / 2 - Canvas.TextWidth(Title, 2) / 2, 12, 2, black);
+        if (XLabel.Length > 0) c.Text(XLabel, (left + right) / 2 - Canvas.TextWidth(XLabel, 1) / 2, bottom + 26, 1, gray);
         if (YLabel.Length > 0)
         {
             int x = Math.Max(2, left - 7 - widestY - 14);
-            c.TextUp(YLabel, x, (top + bottom) / 2 + TextWidth(YLabel, 1) / 2, 1, gray);
+            c.TextUp(YLabel, x, (top + bottom) / 2 + Canvas.TextWidth(YLabel, 1) / 2, 1, gray);
         }
 
         // Legend in the top-right corner of the plot area, over the lines on an opaque box.
@@ -127,7 +127,7 @@ public sealed class LinePlot
         if (named.Count > 0)
         {
             const int row = 14, swatch = 22, pad = 6;
-            int boxW = pad + swatch + 6 + named.Max(s => TextWidth(s.Name, 1)) + pad;
+            int boxW = pad + swatch + 6 + named.Max(s => Canvas.TextWidth(s.Name, 1)) + pad;
             int boxH = pad + named.Count * row - (row - 7) + pad;
             int bx1 = right - 8, bx0 = bx1 - boxW, by0 = top + 8, by1 = by0 + boxH;
             c.Fill(bx0, by0, bx1, by1, (255, 255, 255));
@@ -246,160 +246,5 @@ public sealed class LinePlot
             return v.ToString("0.##E+0", CultureInfo.InvariantCulture);
         int decimals = Math.Clamp(-(int)Math.Floor(Math.Log10(Math.Abs(step)) + 1e-9), 0, 6);
         return v.ToString("F" + decimals, CultureInfo.InvariantCulture);
-    }
-
-    // ---- drawing ----
-
-    private static int TextWidth(string s, int scale) => s.Length == 0 ? 0 : (s.Length * 6 - 1) * scale;
-
-    private sealed class Canvas(int width, int height)
-    {
-        public readonly int Width = width, Height = height;
-        public readonly byte[] Pixels = CreateWhite(width, height);
-        public (int L, int T, int R, int B)? Clip;
-
-        private static byte[] CreateWhite(int w, int h)
-        {
-            var p = new byte[w * h * 3];
-            Array.Fill(p, (byte)255);
-            return p;
-        }
-
-        public void Set(int x, int y, (byte R, byte G, byte B) c)
-        {
-            if ((uint)x >= (uint)Width || (uint)y >= (uint)Height) return;
-            if (Clip is { } k && (x < k.L || x > k.R || y < k.T || y > k.B)) return;
-            int i = (y * Width + x) * 3;
-            Pixels[i] = c.R; Pixels[i + 1] = c.G; Pixels[i + 2] = c.B;
-        }
-
-        public void HLine(int x0, int x1, int y, (byte, byte, byte) c) { for (int x = x0; x <= x1; x++) Set(x, y, c); }
-        public void VLine(int x, int y0, int y1, (byte, byte, byte) c) { for (int y = y0; y <= y1; y++) Set(x, y, c); }
-
-        public void Fill(int x0, int y0, int x1, int y1, (byte, byte, byte) c)
-        {
-            for (int y = y0; y <= y1; y++) HLine(x0, x1, y, c);
-        }
-
-        /// <summary>A thick line: a t x t square stamped along the DDA path between the two points.</summary>
-        public void Line(double x0, double y0, double x1, double y1, int t, (byte, byte, byte) c)
-        {
-            // Keep far off-canvas coordinates from making the walk huge; the clip handles the rest.
-            const double lim = 1e5;
-            x0 = Math.Clamp(x0, -lim, lim); x1 = Math.Clamp(x1, -lim, lim);
-            y0 = Math.Clamp(y0, -lim, lim); y1 = Math.Clamp(y1, -lim, lim);
-            int steps = (int)Math.Ceiling(Math.Max(Math.Abs(x1 - x0), Math.Abs(y1 - y0)));
-            int off = (t - 1) / 2;
-            for (int i = 0; i <= steps; i++)
-            {
-                double f = steps == 0 ? 0 : (double)i / steps;
-                int x = (int)Math.Round(x0 + (x1 - x0) * f) - off, y = (int)Math.Round(y0 + (y1 - y0) * f) - off;
-                for (int dy = 0; dy < t; dy++)
-                    for (int dx = 0; dx < t; dx++) Set(x + dx, y + dy, c);
-            }
-        }
-
-        public void Text(string s, int x, int y, int scale, (byte, byte, byte) c)
-        {
-            foreach (char ch in s)
-            {
-                var g = Font.Glyph(ch);
-                for (int r = 0; r < 7; r++)
-                    for (int col = 0; col < 5; col++)
-                        if ((g[r] >> (4 - col) & 1) != 0)
-                            for (int sy = 0; sy < scale; sy++)
-                                for (int sx = 0; sx < scale; sx++) Set(x + col * scale + sx, y + r * scale + sy, c);
-                x += 6 * scale;
-            }
-        }
-
-        /// <summary>Text rotated 90 degrees counter-clockwise, reading bottom to top from (x, y) = its bottom-left.</summary>
-        public void TextUp(string s, int x, int y, int scale, (byte, byte, byte) c)
-        {
-            foreach (char ch in s)
-            {
-                var g = Font.Glyph(ch);
-                for (int r = 0; r < 7; r++)
-                    for (int col = 0; col < 5; col++)
-                        if ((g[r] >> (4 - col) & 1) != 0)
-                            for (int sy = 0; sy < scale; sy++)
-                                for (int sx = 0; sx < scale; sx++) Set(x + r * scale + sx, y - col * scale - sy, c);
-                y -= 6 * scale;
-            }
-        }
-    }
-
-    /// <summary>A 5x7 bitmap font: each glyph is 7 rows, the low 5 bits of each row, most significant bit leftmost.</summary>
-    private static class Font
-    {
-        private static readonly Dictionary<char, byte[]> Glyphs = Build();
-
-        public static byte[] Glyph(char ch)
-        {
-            if (Glyphs.TryGetValue(ch, out var g)) return g;
-            if (Glyphs.TryGetValue(char.ToUpperInvariant(ch), out g)) return g;
-            return Glyphs['?'];
-        }
-
-        private static Dictionary<char, byte[]> Build()
-        {
-            var rows = new Dictionary<char, string>
-            {
-                ['0'] = "01110 10001 10011 10101 11001 10001 01110",
-                ['1'] = "00100 01100 00100 00100 00100 00100 01110",
-                ['2'] = "01110 10001 00001 00010 00100 01000 11111",
-                ['3'] = "11111 00010 00100 00010 00001 10001 01110",
-                ['4'] = "00010 00110 01010 10010 11111 00010 00010",
-                ['5'] = "11111 10000 11110 00001 00001 10001 01110",
-                ['6'] = "00110 01000 10000 11110 10001 10001 01110",
-                ['7'] = "11111 00001 00010 00100 01000 01000 01000",
-                ['8'] = "01110 10001 10001 01110 10001 10001 01110",
-                ['9'] = "01110 10001 10001 01111 00001 00010 01100",
-                ['A'] = "01110 10001 10001 11111 10001 10001 10001",
-                ['B'] = "11110 10001 10001 11110 10001 10001 11110",
-                ['C'] = "01110 10001 10000 10000 10000 10001 01110",
-                ['D'] = "11100 10010 10001 10001 10001 10010 11100",
-                ['E'] = "11111 10000 10000 11110 10000 10000 11111",
-                ['F'] = "11111 10000 10000 11110 10000 10000 10000",
-                ['G'] = "01110 10001 10000 10111 10001 10001 01111",
-                ['H'] = "10001 10001 10001 11111 10001 10001 10001",
-                ['I'] = "01110 00100 00100 00100 00100 00100 01110",
-                ['J'] = "00111 00010 00010 00010 00010 10010 01100",
-                ['K'] = "10001 10010 10100 11000 10100 10010 10001",
-                ['L'] = "10000 10000 10000 10000 10000 10000 11111",
-                ['M'] = "10001 11011 10101 10101 10001 10001 10001",
-                ['N'] = "10001 10001 11001 10101 10011 10001 10001",
-                ['O'] = "01110 10001 10001 10001 10001 10001 01110",
-                ['P'] = "11110 10001 10001 11110 10000 10000 10000",
-                ['Q'] = "01110 10001 10001 10001 10101 10010 01101",
-                ['R'] = "11110 10001 10001 11110 10100 10010 10001",
-                ['S'] = "01111 10000 10000 01110 00001 00001 11110",
-                ['T'] = "11111 00100 00100 00100 00100 00100 00100",
-                ['U'] = "10001 10001 10001 10001 10001 10001 01110",
-                ['V'] = "10001 10001 10001 10001 10001 01010 00100",
-                ['W'] = "10001 10001 10001 10101 10101 10101 01010",
-                ['X'] = "10001 10001 01010 00100 01010 10001 10001",
-                ['Y'] = "10001 10001 10001 01010 00100 00100 00100",
-                ['Z'] = "11111 00001 00010 00100 01000 10000 11111",
-                ['.'] = "00000 00000 00000 00000 00000 01100 01100",
-                ['-'] = "00000 00000 00000 11111 00000 00000 00000",
-                ['+'] = "00000 00100 00100 11111 00100 00100 00000",
-                ['('] = "00010 00100 01000 01000 01000 00100 00010",
-                [')'] = "01000 00100 00010 00010 00010 00100 01000",
-                ['/'] = "00000 00001 00010 00100 01000 10000 00000",
-                [':'] = "00000 01100 01100 00000 01100 01100 00000",
-                ['%'] = "11000 11001 00010 00100 01000 10011 00011",
-                [' '] = "00000 00000 00000 00000 00000 00000 00000",
-                ['_'] = "00000 00000 00000 00000 00000 00000 11111",
-                [','] = "00000 00000 00000 00000 01100 00100 01000",
-                ['='] = "00000 00000 11111 00000 11111 00000 00000",
-                ['?'] = "01110 10001 00001 00010 00100 00000 00100",
-                ['\''] = "00100 00100 01000 00000 00000 00000 00000",
-            };
-            var d = new Dictionary<char, byte[]>();
-            foreach (var (ch, spec) in rows)
-                d[ch] = [.. spec.Split(' ').Select(r => Convert.ToByte(r, 2))];
-            return d;
-        }
     }
 }
