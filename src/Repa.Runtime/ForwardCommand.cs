@@ -62,6 +62,31 @@ internal static class ForwardCommand
         return 0;
     }
 
+    /// <summary>What else a run's config.json records: the objective ("sit" or "ddpm"), the data folder and the EMA decay.</summary>
+    /// <param name="Objective">"sit" (REPA's SILoss) or "ddpm" (DiT's diffusion).</param>
+    /// <param name="DataDir">The training data folder, or null in configs written before it was recorded.</param>
+    /// <param name="EmaDecay">The EMA decay (REPA's 0.9999 when not recorded).</param>
+    public sealed record RunSettings(string Objective, string? DataDir, double EmaDecay);
+
+    /// <summary>Reads the <see cref="RunSettings"/> of a config.json that `train` wrote.</summary>
+    public static RunSettings LoadRunSettings(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"'{path}' is missing; a checkpoint needs the config.json that `train` writes beside it.");
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            var r = doc.RootElement;
+            return new RunSettings(
+                r.TryGetProperty("objective", out var objective) ? objective.GetString() ?? "sit" : "sit",
+                r.TryGetProperty("data_dir", out var data) ? data.GetString() : null,
+                r.TryGetProperty("ema_decay", out var decay) ? decay.GetDouble() : 0.9999);
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+        {
+            throw new InvalidDataException($"'{path}' is not a Repa config.json: {e.Message}");
+        }
+    }
+
     /// <summary>Reads the config.json that `train` writes beside a checkpoint (REPA's argument names).</summary>
     public static (SiTConfig model, ObjectiveConfig objective) LoadConfig(string path)
     {

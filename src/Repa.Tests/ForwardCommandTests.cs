@@ -27,6 +27,8 @@ public class ForwardCommandTests
         int code = Cli.Run(["train", "--config", "SiT-T/4", "--steps", "2", "--batch", "4", "--out", folder, "--lr", "1e-3", "--qk-norm", "true"], o, e);
         Assert.That(code, Is.EqualTo(0), e.ToString());
         Assert.That(ForwardCommand.LoadConfig(Path.Combine(folder, "config.json")).model.QkNorm, Is.True);
+        var settings = ForwardCommand.LoadRunSettings(Path.Combine(folder, "config.json"));
+        Assert.That(settings, Is.EqualTo(new ForwardCommand.RunSettings("sit", IdxDataset.DefaultFashionMnistFolder, 0.9999)));
     }
 
     [OneTimeTearDown]

@@ -283,6 +283,7 @@ public sealed class Trainer : IDisposable
             ["proj_coeff"] = options.Objective.ProjCoeff, ["learning_rate"] = options.LearningRate, ["batch_size"] = options.Batch,
             ["seed"] = options.Seed, ["max_train_steps"] = options.Steps, ["cfg_prob"] = options.Objective.ClassDropout,
             ["objective"] = options.ObjectiveKind, ["learn_sigma"] = Config.LearnSigma,
+            ["data_dir"] = Path.GetFullPath(options.DataFolder), ["ema_decay"] = options.EmaDecay,
         };
         string json = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "config.json");
         File.WriteAllText(json + ".tmp", JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true }));
