@@ -30,6 +30,16 @@ public static class Cli
                      Draws images from a trained checkpoint's EMA weights with REPA's samplers and writes samples.png, a
                      grid with one row per class (see SAMPLE OPTIONS).
 
+          eval --checkpoint C [options]
+                     Frechet distance between generated and real images in ResNet-18's pooled feature space, CKNNA
+                     (k 10) between the model's hidden states and those features, and linear-probe accuracy on the
+                     hidden states; writes eval.json beside the checkpoint and prints one line (see EVAL OPTIONS).
+
+          study [options]
+                     The paper's comparison at our scale: trains vanilla SiT and SiT + REPA with the same seed and
+                     budget, evaluates both every --eval-every steps, and writes study.json, study.md (table and the
+                     exact command) and study-fd.png (FD against steps) to --out (see STUDY OPTIONS).
+
           forward --checkpoint C --input IN.safetensors --output OUT.safetensors
                      Debug state for comparing with another implementation. IN holds x [N,C,H,W], t [N] (float32) and
                      y [N] (int32/int64): OUT gets "v" and "zs.<j>". If IN holds x0, noise, t, y and "target.<j>", the
@@ -92,7 +102,30 @@ public static class Cli
           --threads N          CPU threads (default: all cores).
           REPA's generate.py defaults differ: --mode ode, --cfg 1.5, 50 steps.
 
-        Evaluation (`eval`) and the other commands arrive with the next issues.
+        EVAL OPTIONS (eval and study)
+          --checkpoint C       (eval) run folder or its checkpoint.safetensors.
+          --data DIR           (eval) the dataset (default: the data_dir in the run's config.json). Real images come from
+                               its held-out split (IDX t10k) where it has one, else from its training images.
+          --weights ema|raw    (eval) the EMA (default) or the raw weights (study picks: the EMA once decay^steps <= 1/2).
+          --num N              generated images (class-balanced) and real images for FD and CKNNA (default 1000).
+          --mode sde|ode, --sample-steps N, --heun, --cfg X, --guidance-low X, --guidance-high X
+                               the sampler of the generated images (default: SDE, 50 steps, no guidance).
+          --probe-t X          time of the noisy input whose hidden states (after encoder_depth, mean over tokens, null
+                               label) feed CKNNA and the probe (default 0.5, our choice).
+          --probe-train N      training images of the linear probe (default 2000; tested on the real images).
+          --k N                CKNNA neighbours (default 10, as the paper).
+          --eval-encoder-size N  ResNet-18 input side for the features (multiple of 32; default 64).
+          --model-batch N      images per model call (default 64).
+          --eval-seed N        seed of the sampler and of the probe's noise (default 0).
+          --out FILE           (eval) the JSON report (default: eval.json beside the checkpoint).
+          --device auto|cpu, --threads N
+
+        STUDY OPTIONS (plus the EVAL OPTIONS above)
+          --steps N            training steps of each arm (default 1000).
+          --eval-every N       evaluate both arms every N steps and at the end (default 250).
+          --proj-coeff X       REPA's lambda for the REPA arm (default 0.5; the other arm is vanilla, 0).
+          --config, --batch, --lr, --seed, --data, --image-size, --encoder-depth, --cache-dir  as for train.
+          --out DIR            where both runs and the study files go (default runs/study).
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -116,6 +149,10 @@ public static class Cli
                     return ForwardCommand.Run(options, stdout);
                 case "sample":
                     return SampleCommand.Run(options, stdout);
+                case "eval":
+                    return EvalCommand.Run(options, stdout);
+                case "study":
+                    return StudyCommand.Run(options, stdout, args);
                 default:
                     throw new UsageException($"unknown command '{args[0]}'; run `Repa.Runtime --help` for the list of commands.");
             }
@@ -126,7 +163,8 @@ public static class Cli
             return 2;
         }
         catch (Exception e) when (e is ShapeMismatchException or ArgumentException or InvalidDataException or FileNotFoundException
-                                       or DirectoryNotFoundException or NotSupportedException or InvalidOperationException)
+                                       or DirectoryNotFoundException or NotSupportedException or InvalidOperationException
+                                       or Microsoft.ML.OnnxRuntime.OnnxRuntimeException)
         {
             stderr.WriteLine($"error: {e.Message}");
             return 2;

@@ -76,14 +76,16 @@ public sealed record EvalReport
 
 /// <summary>
 /// Measures a SiT against a dataset, as issue 4 asks and the paper's section 4 does at scale: the Frechet distance between
-/// generated and real images in the pooled feature space of ResNet-18 (Pooling395, 512-d; our offline stand-in for
+/// generated and real images in the globally pooled stage-4 features of ResNet-18 (512-d; our offline stand-in for
 /// FD-DINOv2/FID); CKNNA between the model's mean-pooled hidden states after encoder_depth and the same encoder features
 /// of the clean images; and a linear probe's accuracy on those hidden states. The real-image features are computed once
 /// in the constructor, so evaluating several checkpoints (a study) pays for them once.
 /// </summary>
 public sealed class ModelEvaluator : IDisposable
 {
-    public const string EncoderLayer = "Pooling395_Output_0";
+    /// <summary>ResNet-18's last stage (512 x H/32 x W/32), averaged over positions here: its global-average-pooled
+    /// features at any input size (the graph's own Pooling395 has a fixed 7x7 window, i.e. 224 px only).</summary>
+    public const string EncoderLayer = "ReLU393_Output_0";
     private readonly EvalOptions options;
     private readonly TrainingData train, real;
     private readonly OnnxEncoder encoder;
@@ -110,7 +112,7 @@ public sealed class ModelEvaluator : IDisposable
         realIndices = Enumerable.Range(0, options.Samples).ToArray();
         probeIndices = SpreadIndices(train.Count, Math.Min(options.ProbeTrainImages, train.Count));
         encoder = OnnxEncoder.ResNet18(EncoderLayer, options.EncoderSize);
-        FdEncoder = $"ResNet-18 pooled features ({EncoderLayer}) at {options.EncoderSize} px";
+        FdEncoder = $"ResNet-18 globally pooled stage-4 features ({EncoderLayer}, 512-d) at {options.EncoderSize} px";
         var images = new byte[(long)realIndices.Length * real.ImageChannels * real.ImageHeight * real.ImageWidth];
         real.FillImages(realIndices, images);
         realFeatures = EncodeBytes(images, realIndices.Length, real.ImageChannels, real.ImageHeight, real.ImageWidth, out featureDim);
@@ -203,8 +205,12 @@ public sealed class ModelEvaluator : IDisposable
     private double[] EncodeBytes(byte[] images, int n, int channels, int height, int width, out int dim)
     {
         var features = encoder.Encode(images, n, channels, height, width, out int tokens, out dim);
-        if (tokens != 1) throw new InvalidOperationException($"{EncoderLayer} should be a pooled vector, got {tokens} tokens.");
-        return Array.ConvertAll(features, v => (double)v);
+        var pooled = new double[(long)n * dim];
+        for (int i = 0; i < n; i++)
+            for (int t = 0; t < tokens; t++)
+                for (int j = 0; j < dim; j++)
+                    pooled[(long)i * dim + j] += features[((long)i * tokens + t) * dim + j] / (double)tokens;
+        return pooled;
     }
 
     /// <summary>count indices spread evenly over 0..total-1 (every class of a shuffled dataset is represented).</summary>

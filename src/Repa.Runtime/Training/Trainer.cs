@@ -122,6 +122,18 @@ public sealed class Trainer : IDisposable
     /// <summary>The device's fp32 peak in GFLOP/s for the MFU column (0: not printed).</summary>
     public double PeakGflops { get; set; }
 
+    /// <summary>Called after every step (its metrics logged), e.g. to evaluate the model at chosen steps (`study`).</summary>
+    public Action<StepMetrics>? AfterStep { get; set; }
+
+    /// <summary>
+    /// Whether sampling should use the EMA: REPA samples its EMA (decay 0.9999), but after few steps the EMA is still
+    /// mostly the zero-output initial model, so past the point where decay^steps &gt; 1/2 the raw weights are the useful ones.
+    /// </summary>
+    public static bool EmaIsUseful(double decay, long steps) => Math.Pow(decay, steps) <= 0.5;
+
+    /// <summary>The EMA of the parameters (its tensors by state_dict name), e.g. to evaluate them in place of the raw weights.</summary>
+    public Ema Ema => ema;
+
     /// <summary>Set (e.g. from Ctrl-C) to stop after the current step; the run then saves its checkpoint and returns.</summary>
     public CancellationToken Stop { get; set; }
 
@@ -249,6 +261,7 @@ public sealed class Trainer : IDisposable
                 $"{ProgressBar.Bar(step, options.Steps)} step {step,5}/{options.Steps} | loss {m.Loss:F4} (denoise {m.Denoise:F4}{(ddpm != null ? ", vb " + m.Vb.ToString("F4", CultureInfo.InvariantCulture) : "")}, proj {m.Proj:F4}) | grad norm {m.GradNorm:F3} | {m.ImagesPerSecond:F1} img/s | {FlopsPerImage * m.ImagesPerSecond / 1e9:F1} GFLOP/s{Mfu(m)} | ETA {ProgressBar.Eta(total.Elapsed, history.Count, options.Steps - CompletedSteps + history.Count)}"));
             metrics.WriteLine(JsonSerializer.Serialize(m));
             metrics.Flush();
+            AfterStep?.Invoke(m);
             if (Stop.IsCancellationRequested)
             {
                 log.WriteLine($"stopping after step {step} as asked; saving the checkpoint.");
