@@ -111,7 +111,8 @@ internal static class StudyCommand
         if (first != null)
         {
             md.AppendLine();
-            md.AppendLine($"FD: {first.FdEncoder}, {first.Generated} generated (class-balanced, {first.Sampler}) vs {first.RealImages} real images from {first.RealSplit}.");
+            md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"FD: {first.FdEncoder}, {first.Generated} generated (class-balanced, {first.Sampler}) vs {first.RealImages} real images from {first.RealSplit}; as many training images score {first.FdTrainVsReal:F2} against them (the floor)."));
             md.AppendLine(string.Create(CultureInfo.InvariantCulture,
                 $"CKNNA (k {first.CknnaK}) and linear probe: mean-pooled hidden states after block {first.Layer} at t = {first.ProbeTime} with the null label; the probe trains on {first.ProbeTrainImages} training images and is tested on the real images. Loss: the training loss of the step (REPA's includes 0.5 x its negative-cosine term)."));
         }

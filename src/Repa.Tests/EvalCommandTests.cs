@@ -51,6 +51,8 @@ public class EvalCommandTests
         Assert.That(stdout, Does.Contain("held-out test split"), "Fashion-MNIST's t10k images are the real set");
         var r = Report(first);
         Assert.That(r.GetProperty("fd").GetDouble(), Is.GreaterThan(0).And.LessThan(1e6));
+        Assert.That(r.GetProperty("fd_train_vs_real").GetDouble(), Is.GreaterThan(0).And.LessThan(r.GetProperty("fd").GetDouble()),
+            "real training images are closer to the test images than a 2-step model's samples");
         Assert.That(r.GetProperty("cknna").GetDouble(), Is.InRange(-1.0, 1.0));
         Assert.That(r.GetProperty("probe_accuracy").GetDouble(), Is.InRange(0.0, 1.0));
         Assert.That(r.GetProperty("generated").GetInt32(), Is.EqualTo(12));

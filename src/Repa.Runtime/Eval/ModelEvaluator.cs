@@ -55,6 +55,9 @@ public sealed record EvalOptions
 public sealed record EvalReport
 {
     public double? Fd { get; init; }
+
+    /// <summary>FD of as many training images against the same real images (the floor for this sample size).</summary>
+    public double FdTrainVsReal { get; init; }
     public string? FdSkipped { get; init; }
     public required string FdEncoder { get; init; }
     public int Generated { get; init; }
@@ -71,7 +74,7 @@ public sealed record EvalReport
 
     /// <summary>One line for the console.</summary>
     public string Summary() => FormattableString.Invariant(
-        $"FD {(Fd is double fd ? fd.ToString("F2", System.Globalization.CultureInfo.InvariantCulture) : "n/a")} ({FdEncoder}, {Generated} generated vs {RealImages} real), CKNNA {Cknna:F4} (k {CknnaK}), linear probe {100 * ProbeAccuracy:F1}% (block {Layer}, t {ProbeTime})");
+        $"FD {(Fd is double fd ? fd.ToString("F2", System.Globalization.CultureInfo.InvariantCulture) : "n/a")} ({FdEncoder}, {Generated} generated vs {RealImages} real; training images score {FdTrainVsReal:F2}), CKNNA {Cknna:F4} (k {CknnaK}), linear probe {100 * ProbeAccuracy:F1}% (block {Layer}, t {ProbeTime})");
 }
 
 /// <summary>
@@ -117,7 +120,17 @@ public sealed class ModelEvaluator : IDisposable
         real.FillImages(realIndices, images);
         realFeatures = EncodeBytes(images, realIndices.Length, real.ImageChannels, real.ImageHeight, real.ImageWidth, out featureDim);
         realStats = GaussianStats.FromFeatures(realFeatures, featureDim);
+        // The floor: as many training images against the same real ones. Generated images cannot be expected to beat it
+        // by much, and it shows how large an FD of this many samples in this feature space is by itself.
+        var trainIndices = SpreadIndices(train.Count, options.Samples);
+        var trainImages = new byte[(long)trainIndices.Length * train.ImageChannels * train.ImageHeight * train.ImageWidth];
+        train.FillImages(trainIndices, trainImages);
+        var trainFeatures = EncodeBytes(trainImages, trainIndices.Length, train.ImageChannels, train.ImageHeight, train.ImageWidth, out int trainDim);
+        ReferenceFd = FrechetDistance.Compute(GaussianStats.FromFeatures(trainFeatures, trainDim), realStats);
     }
+
+    /// <summary>FD between <see cref="EvalOptions.Samples"/> training images and the real images: what a perfect generator would score.</summary>
+    public double ReferenceFd { get; }
 
     public string FdEncoder { get; }
     public string RealSplit { get; }
@@ -159,6 +172,7 @@ public sealed class ModelEvaluator : IDisposable
         return new EvalReport
         {
             Fd = fd,
+            FdTrainVsReal = ReferenceFd,
             FdSkipped = pixels ? null : "the model generates VAE latents; FD needs decoded images and no VAE decoder is available here",
             FdEncoder = FdEncoder,
             Generated = pixels ? options.Samples : 0,
