@@ -38,16 +38,17 @@ internal static class TrainCommand
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
         string cacheFolder = o.String("--cache-dir", DefaultCacheFolder);
         int encoderSize = o.Int("--encoder-size", 0, min: 16);
-        o.String("--device", "auto", "auto", "cpu");
+        string device = o.String("--device", "auto", ComputeDevice.Names);
         int threads = o.Int("--threads", Environment.ProcessorCount, min: 1);
         o.RejectUnknown();
+        ComputeDevice.Check(device); // cuda/ilgpu: one sentence before any data is read
         if (options.Resume != null) Trainer.ResolveCheckpoint(options.Resume); // fail before any expensive work
 
         var data = TrainingData.Open(options.DataFolder, options.ImageSize);
         options = options with { ImageSize = data.Size };
-        using var backend = new CpuBackend(threads);
+        using var backend = ComputeDevice.Open(device, threads, out string? deviceNote);
         double peak = FmaPeak.Measure(threads, 0.1); // measured, not assumed: MFU is relative to this machine's FMA peak
-        stdout.WriteLine($"device: {backend.Description}, measured fp32 FMA peak {peak:F0} GFLOP/s");
+        stdout.WriteLine($"device: {backend.Description}, measured fp32 FMA peak {peak:F0} GFLOP/s{(deviceNote != null ? $" ({deviceNote})" : "")}");
         OnnxEncoder? encoder = null;
         EncoderTargets? targets = null;
         if (options.Objective.ProjCoeff > 0)
