@@ -75,25 +75,34 @@ internal static class SampleCommand
         stdout.WriteLine();
         var elapsed = clock.Elapsed;
 
+        string written = Save(samples, folder, perClass, string.Create(CultureInfo.InvariantCulture, $"{config.Name} {method}, seed {seed}"),
+            [.. rowClasses.Select(generator.LabelName)], new Dictionary<string, string>
+            {
+                ["model"] = config.Name, ["sampler"] = method, ["seed"] = seed.ToString(CultureInfo.InvariantCulture),
+                ["weights"] = generator.UsesEma ? "ema" : "raw",
+            });
+        stdout.WriteLine($"sample: {labels.Length} {(samples.AreImages ? "images" : "samples")} in {elapsed:hh\\:mm\\:ss} -> {written}");
+        return 0;
+    }
+
+    /// <summary>
+    /// Writes <paramref name="samples"/> into <paramref name="folder"/>: images as samples.png (a grid of
+    /// <paramref name="columns"/> columns, rows labelled <paramref name="rowLabels"/>) and samples.npz (arr_0, uint8 NHWC);
+    /// anything else (SD-VAE latents) as samples.safetensors with <paramref name="metadata"/>. Returns what was written, in words.
+    /// </summary>
+    internal static string Save(GeneratedSamples samples, string folder, int columns, string title, IReadOnlyList<string> rowLabels,
+        IReadOnlyDictionary<string, string> metadata)
+    {
         if (samples.AreImages)
         {
             string grid = Path.Combine(folder, GridFile), npz = Path.Combine(folder, NpzFile);
-            string[] rowLabels = [.. rowClasses.Select(generator.LabelName)];
-            samples.SaveGrid(grid, perClass, string.Create(CultureInfo.InvariantCulture, $"{config.Name} {method}, seed {seed}"), rowLabels);
+            samples.SaveGrid(grid, columns, title, rowLabels);
             samples.SaveNpz(npz);
-            stdout.WriteLine($"sample: {labels.Length} images in {elapsed:hh\\:mm\\:ss} -> {grid} (grid), {npz} (arr_0 uint8 [{labels.Length}, {samples.Height}, {samples.Width}, {samples.Channels}])");
-            return 0;
+            return $"{grid} (grid), {npz} (arr_0 uint8 [{samples.Count}, {samples.Height}, {samples.Width}, {samples.Channels}])";
         }
-
-        // Not displayable: latents (4 channels = SD-VAE space) or other channel counts go out as tensors.
         string file = Path.Combine(folder, LatentFile);
-        samples.SaveLatents(file, new Dictionary<string, string>
-        {
-            ["model"] = config.Name, ["sampler"] = method, ["seed"] = seed.ToString(CultureInfo.InvariantCulture),
-            ["weights"] = generator.UsesEma ? "ema" : "raw",
-        });
-        stdout.WriteLine($"sample: {labels.Length} samples in {elapsed:hh\\:mm\\:ss} -> {file} ('samples' [N, {samples.Channels}, {samples.Height}, {samples.Width}] float32, 'labels'); no image was written: {samples.NotImages}.");
-        return 0;
+        samples.SaveLatents(file, metadata);
+        return $"{file} ('samples' [N, {samples.Channels}, {samples.Height}, {samples.Width}] float32, 'labels'); no image was written: {samples.NotImages}.";
     }
 
     /// <summary>"0,3,7" -> [0, 3, 7], each a class of the model, none twice.</summary>
@@ -111,7 +120,7 @@ internal static class SampleCommand
     }
 
     /// <summary>One progress line, rewritten in place: bar, step, time reached, rate, ETA.</summary>
-    private static void Progress(TextWriter stdout, SamplerProgress p, Stopwatch clock)
+    internal static void Progress(TextWriter stdout, SamplerProgress p, Stopwatch clock)
     {
         var elapsed = clock.Elapsed;
         double rate = p.Step / Math.Max(elapsed.TotalSeconds, 1e-9);

@@ -2,6 +2,7 @@ using Repa.Kernels.Cpu;
 using Repa.Runtime.Data;
 using Repa.Runtime.Encoders;
 using Repa.Runtime.Models;
+using Repa.Runtime.Sampling;
 using Repa.Runtime.Training;
 
 namespace Repa.Runtime;
@@ -38,6 +39,7 @@ internal static class TrainCommand
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
         string cacheFolder = o.String("--cache-dir", DefaultCacheFolder);
         int encoderSize = o.Int("--encoder-size", 0, min: 16);
+        bool sampleGrid = o.String("--sample-grid", "true", "true", "false") == "true";
         string device = o.String("--device", "auto", ComputeDevice.Names);
         int threads = o.Int("--threads", Environment.ProcessorCount, min: 1);
         o.RejectUnknown();
@@ -84,7 +86,36 @@ internal static class TrainCommand
             double seconds = history.Sum(h => h.Seconds);
             stdout.WriteLine($"done: {history.Count} steps in {TimeSpan.FromSeconds(seconds):hh\\:mm\\:ss}, loss {first.Loss:F4} -> {last.Loss:F4}, " +
                              $"checkpoint {Path.Combine(options.OutputFolder, Trainer.CheckpointFile)}, loss plot {Path.Combine(options.OutputFolder, "loss.png")}");
+            if (sampleGrid && !stop.IsCancellationRequested) WriteSamples(backend, options, stdout);
         }
         return 0;
+    }
+
+    /// <summary>Samples per class in the grid `train` leaves in its run folder.</summary>
+    public const int GridPerClass = 8;
+
+    /// <summary>
+    /// The run's samples.png and samples.npz (samples.safetensors for latents): <see cref="GridPerClass"/> samples of every
+    /// class (unconditional ones for unlabelled data) from the checkpoint just saved, with --weights auto (a short run's
+    /// EMA is still the initial model) and the objective's default sampler at <see cref="ImageGenerator.DefaultSteps"/>
+    /// steps (DDPM too, instead of its 250, to keep the cost of a preview low), seeded with the run's seed.
+    /// </summary>
+    private static void WriteSamples(Repa.Kernels.IBackend backend, TrainOptions options, TextWriter stdout)
+    {
+        using var generator = ImageGenerator.Load(Path.Combine(options.OutputFolder, Trainer.CheckpointFile), backend);
+        var sampler = generator.Resolve(new GenerationOptions { Steps = ImageGenerator.DefaultSteps });
+        int[] rows = generator.NumClasses > 1 ? [.. Enumerable.Range(0, generator.NumClasses)] : [generator.NullClass];
+        int[] labels = ImageGenerator.RepeatEach(rows, GridPerClass);
+        string method = generator.Describe(sampler);
+        if (generator.WeightsNote != null) stdout.WriteLine(generator.WeightsNote);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var samples = generator.Generate(labels, options.Seed, sampler, p => SampleCommand.Progress(stdout, p, clock));
+        stdout.WriteLine();
+        string written = SampleCommand.Save(samples, options.OutputFolder, GridPerClass,
+            $"{generator.Config.Name} step {generator.Step}, {(generator.UsesEma ? "EMA" : "raw")} weights, {method}, seed {options.Seed}",
+            [.. rows.Select(generator.LabelName)],
+            new Dictionary<string, string> { ["model"] = generator.Config.Name, ["sampler"] = method, ["seed"] = options.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        stdout.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"samples: {labels.Length} from the {(generator.UsesEma ? "EMA" : "raw")} weights, {method}, in {clock.Elapsed.TotalSeconds:F1} s -> {written} (--sample-grid false skips this)"));
     }
 }

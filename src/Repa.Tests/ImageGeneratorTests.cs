@@ -29,7 +29,7 @@ public class ImageGeneratorTests
         root = Path.Combine(Path.GetTempPath(), "repa-generator-" + Guid.NewGuid().ToString("N"));
         sit = Path.Combine(root, "sit");
         dit = Path.Combine(root, "dit");
-        string[] common = ["--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0", "--lr", "1e-3", "--threads", "2"];
+        string[] common = ["--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0", "--lr", "1e-3", "--threads", "2", "--sample-grid", "false"];
         string[][] runs = [["train", "--config", "SiT-T/2", "--out", sit, .. common], ["train", "--config", "DiT-T/2", "--objective", "ddpm", "--out", dit, .. common]];
         foreach (var args in runs)
         {
