@@ -68,8 +68,9 @@ public static class Cli
                                variance, MSE + VLB; ddpm needs a DiT preset (--config DiT-T/2 ... DiT-XL/8).
           --ckpt-every N       also save the checkpoint every N steps (default: only at the end and on Ctrl-C).
           --resume PATH        continue exactly from a checkpoint (its run folder or .safetensors file); --steps is the total.
-          --sample-grid true|false  at the end, write samples.png (8 samples of every class with the objective's default
-                               sampler at 50 steps, --weights auto) and samples.npz into the run folder (default true).
+          --sample-grid true|false  at the end, write samples.png (8 samples of every class, of 16 evenly spaced classes
+                               when there are more, with the objective's default sampler at 25 steps, --weights auto)
+                               and samples.npz into the run folder (default true).
           --device auto|cpu    compute device (default auto = cpu; the cuda and ilgpu backends arrive with later issues).
           --threads N          CPU threads (default: all cores).
 
