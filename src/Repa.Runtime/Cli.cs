@@ -27,8 +27,8 @@ public static class Cli
                      Trains SiT with REPA on the CPU (see TRAIN OPTIONS).
 
           sample --checkpoint C [options]
-                     Draws images from a trained checkpoint's EMA weights with REPA's samplers and writes samples.png, a
-                     grid with one row per class (see SAMPLE OPTIONS).
+                     Draws images from a trained checkpoint (REPA's SDE/ODE samplers for SiT, DDPM/DDIM for DiT) and
+                     writes samples.png, a grid with one row per class, and samples.npz (see SAMPLE OPTIONS).
 
           eval --checkpoint C [options]
                      Frechet distance between generated and real images in ResNet-18's pooled feature space, CKNNA
@@ -78,27 +78,41 @@ public static class Cli
                                variance, MSE + VLB; ddpm needs a DiT preset (--config DiT-T/2 ... DiT-XL/8).
           --ckpt-every N       also save the checkpoint every N steps (default: only at the end and on Ctrl-C).
           --resume PATH        continue exactly from a checkpoint (its run folder or .safetensors file); --steps is the total.
-          --device auto|cpu    compute device (default auto = cpu; GPU backends arrive with later issues).
+          --sample-grid true|false  at the end, write samples.png (8 samples of every class, of 16 evenly spaced classes
+                               when there are more, with the objective's default sampler at 25 steps, --weights auto)
+                               and samples.npz into the run folder (default true).
+          --device auto|cpu    compute device (default auto = cpu; the cuda and ilgpu backends arrive with later issues).
           --threads N          CPU threads (default: all cores).
 
         SAMPLE OPTIONS
           --checkpoint C       run folder or its checkpoint.safetensors (config.json beside it).
-          --weights ema|raw    the EMA of the weights (default, as REPA) or the raw trained weights. With decay 0.9999 the
-                               EMA of a run of a few hundred steps is still mostly the initial model (which outputs 0).
-          --labels 0,3,7       classes to draw, one grid row each (default: every class of the model).
+          --weights auto|ema|raw  auto (default): the EMA of the weights (as REPA) unless it is still mostly the
+                               initial model, i.e. decay^steps > 0.5 with the run's ema_decay and the checkpoint's step
+                               (a run of a few hundred steps at decay 0.9999): then the raw trained weights, with a note.
+                               ema and raw force one or the other.
+          --labels 0,3,7       classes to draw, one grid row each (default: every class of the model). Rows are labelled
+                               with the class names for Fashion-MNIST and MNIST runs, with numbers otherwise.
           --per-class N        samples per class, i.e. per row (default 8).
           --unconditional      sample with the null class instead of labels (no guidance possible).
-          --mode sde|ode       REPA's Euler-Maruyama SDE (default) or Euler ODE sampler.
-          --steps N            sampling steps (default 50, enough for our small models; the paper uses 250 with the SDE).
+          --mode M             SiT checkpoints: sde (default; REPA's Euler-Maruyama) or ode (Euler). DiT checkpoints
+                               (train --objective ddpm): ddpm (default; ancestral sampling on a respaced schedule, as
+                               DiT's sample.py) or ddim (eta 0). A mode of the other objective is refused.
+          --steps N            sampling steps: sde/ode/ddim default 50 (enough for our small models; the paper uses 250
+                               with the SDE); ddpm: respaced steps of the 1000, default 250 as DiT; ddim: N must be an
+                               even stride of the 1000 (e.g. 25, 50, 100, 250).
           --heun               Heun's correction on every ODE step but the last (--mode ode only).
-          --cfg X              classifier-free guidance scale, >= 1 (default 1.0 = none; the paper's best is 1.8).
-          --guidance-low X     guidance applies while guidance-low <= t <= guidance-high (defaults 0 and 1, as REPA's
-          --guidance-high X    generate.py; the paper's best interval is [0, 0.7]).
-          --seed N             seed of the initial noise and of every SDE step (default 0); samples do not depend on --batch.
+          --cfg X              classifier-free guidance scale, >= 1 (default 1.0 = none; the paper's best is 1.8). SiT:
+                               on all channels of the velocity (ODE) or drift (SDE). DiT: as its forward_with_cfg on the
+                               first min(3, C) eps channels, never on the learned-variance channels.
+          --guidance-low X     SiT only: guidance applies while guidance-low <= t <= guidance-high (defaults 0 and 1, as
+          --guidance-high X    REPA's generate.py; the paper's best interval is [0, 0.7]).
+          --seed N             seed of the initial noise and of every SDE/DDPM step (default 0); samples do not depend on
+                               --batch.
           --batch N            images per model call (default 16; guidance doubles the images, not this limit).
-          --out DIR            where samples.png goes (default: the checkpoint's folder). Latent models (4 channels) cannot
-                               be decoded without the SD VAE: their latents go to samples.safetensors instead.
-          --device auto|cpu    compute device (default auto = cpu).
+          --out DIR            where samples.png and samples.npz (arr_0: uint8 [N, H, W, C], as ADM's evaluator reads)
+                               go (default: the checkpoint's folder). Latent models (4 channels) cannot be decoded
+                               without the SD VAE, which Repa does not have: their latents go to samples.safetensors.
+          --device auto|cpu    compute device (default auto = cpu, the reason printed; cuda and ilgpu are not built yet).
           --threads N          CPU threads (default: all cores).
           REPA's generate.py defaults differ: --mode ode, --cfg 1.5, 50 steps.
 

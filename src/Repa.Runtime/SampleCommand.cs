@@ -1,21 +1,18 @@
 using System.Diagnostics;
 using System.Globalization;
-using Repa.Autograd;
-using Repa.Kernels;
-using Repa.Kernels.Cpu;
-using Repa.Runtime.Checkpoints;
-using Repa.Runtime.Plots;
 using Repa.Runtime.Sampling;
 
 namespace Repa.Runtime;
 
 /// <summary>
-/// `Repa.Runtime sample`: the EMA weights of a checkpoint, REPA's SDE or ODE sampler, and a labelled grid of the
-/// samples (samples.png, one row per class) for pixel models; latent models get their latents as safetensors.
+/// `Repa.Runtime sample`: a checkpoint through <see cref="ImageGenerator"/> (EMA or raw weights; REPA's SDE/ODE for SiT,
+/// DDPM/DDIM for DiT), then samples.png (a grid, one labelled row per class) and samples.npz (arr_0, uint8 NHWC, for
+/// ADM's evaluator) for pixel models; latent models get their latents as safetensors and a sentence on why.
 /// </summary>
 internal static class SampleCommand
 {
     public const string GridFile = "samples.png";
+    public const string NpzFile = "samples.npz";
     public const string LatentFile = "samples.safetensors";
 
     public static int Run(Options o, TextWriter stdout)
@@ -24,83 +21,88 @@ internal static class SampleCommand
         string labelList = o.String("--labels", "");
         int perClass = o.Int("--per-class", 8, min: 1);
         bool unconditional = o.Flag("--unconditional");
-        var sampler = new SamplerOptions
+        var options = new GenerationOptions
         {
-            Mode = o.String("--mode", "sde", "sde", "ode") == "ode" ? SamplerMode.Ode : SamplerMode.Sde,
-            Steps = o.Int("--steps", 50, min: 1),
+            Method = o.String("--mode", "", "sde", "ode", "ddpm", "ddim") switch
+            {
+                "sde" => SamplingMethod.Sde,
+                "ode" => SamplingMethod.Ode,
+                "ddpm" => SamplingMethod.Ddpm,
+                "ddim" => SamplingMethod.Ddim,
+                _ => SamplingMethod.Auto,
+            },
+            Steps = o.Int("--steps", 0, min: 1), // 0: the method's default (50; DDPM 250)
             Heun = o.Flag("--heun"),
             CfgScale = o.Double("--cfg", 1.0, min: 1),
             GuidanceLow = o.Double("--guidance-low", 0.0),
             GuidanceHigh = o.Double("--guidance-high", 1.0),
-            Seed = (ulong)o.Int("--seed", 0, min: 0),
+            ModelBatch = o.Int("--batch", 16, min: 1),
         };
-        bool ema = o.String("--weights", "ema", "ema", "raw") == "ema";
+        ulong seed = (ulong)o.Int("--seed", 0, min: 0);
+        var weights = o.String("--weights", "auto", "auto", "ema", "raw") switch
+        {
+            "ema" => SamplingWeights.Ema,
+            "raw" => SamplingWeights.Raw,
+            _ => SamplingWeights.Auto,
+        };
         string outFolder = o.String("--out", "");
-        int modelBatch = o.Int("--batch", 16, min: 1);
-        o.String("--device", "auto", "auto", "cpu");
+        string device = o.String("--device", "auto", ComputeDevice.Names);
         int threads = o.Int("--threads", Environment.ProcessorCount, min: 1);
         o.RejectUnknown();
         if (checkpoint.Length == 0) throw new UsageException("sample needs --checkpoint (a run folder or its checkpoint.safetensors).");
         if (unconditional && labelList.Length > 0) throw new UsageException("--unconditional and --labels exclude each other; pass one of them.");
-        if (unconditional && sampler.CfgScale > 1) throw new UsageException("--cfg above 1 needs class labels; drop --unconditional or --cfg.");
-        sampler.Validate(); // before the checkpoint loads: bad flags fail at once
+        if (unconditional && options.CfgScale > 1) throw new UsageException("--cfg above 1 needs class labels; drop --unconditional or --cfg.");
+        ComputeDevice.Check(device); // cuda/ilgpu fail before the checkpoint loads
 
-        using var backend = new CpuBackend(threads);
-        var loaded = SiTSampling.Load(checkpoint, backend, ema);
-        using var model = loaded.Model;
-        var config = model.Config;
-        sampler = sampler with { PathType = loaded.Objective.PathType };
-        int classes = config.NumClasses;
-        int[] rowClasses = unconditional ? [.. Enumerable.Repeat(classes, classes)]
+        using var generator = ImageGenerator.Load(checkpoint, device, weights, threads);
+        options = generator.Resolve(options);
+        var config = generator.Config;
+        int classes = generator.NumClasses;
+        int[] rowClasses = unconditional ? [.. Enumerable.Repeat(generator.NullClass, classes)]
             : labelList.Length > 0 ? ParseLabels(labelList, classes) : [.. Enumerable.Range(0, classes)];
-        int[] labels = [.. rowClasses.SelectMany(c => Enumerable.Repeat(c, perClass))];
-        string folder = outFolder.Length > 0 ? outFolder : Path.GetDirectoryName(Path.GetFullPath(loaded.File))!;
+        int[] labels = ImageGenerator.RepeatEach(rowClasses, perClass);
+        string folder = outFolder.Length > 0 ? outFolder : Path.GetDirectoryName(Path.GetFullPath(generator.CheckpointFile))!;
+        string method = generator.Describe(options);
 
-        string guidance = sampler.CfgScale > 1
-            ? string.Create(CultureInfo.InvariantCulture, $"cfg {sampler.CfgScale} for t in [{sampler.GuidanceLow}, {sampler.GuidanceHigh}]")
-            : "no guidance";
-        string method = $"{(sampler.Mode == SamplerMode.Ode ? sampler.Heun ? "ODE Heun" : "ODE Euler" : "SDE Euler-Maruyama")} {sampler.Steps} steps";
-        stdout.WriteLine($"model: {config.Name} ({(ema ? "EMA" : "raw")} weights{(loaded.Step is { } s ? $" of step {s}" : "")}, {loaded.Objective.PathType} path) from {loaded.File}");
-        double decay = new Training.TrainOptions().EmaDecay; // `train` does not expose the decay: its default is the run's
-        if (ema && loaded.Step is { } steps && Math.Pow(decay, steps) > 0.5)
-            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"note: after {steps} steps the EMA (decay {decay}) is still {100 * Math.Pow(decay, steps):F0}% the initial model, whose output is 0; --weights raw samples the trained weights."));
-        stdout.WriteLine($"sampling {labels.Length} images ({rowClasses.Length} {(unconditional ? "unconditional rows" : "classes")} x {perClass}), {method}, {guidance}, seed {sampler.Seed}, device: {backend.Description}");
+        stdout.WriteLine($"device: {generator.DeviceDescription}{(generator.DeviceNote is { } why ? $" ({why})" : "")}");
+        string trainedWith = generator.Objective == "ddpm" ? "DDPM objective" : $"{generator.PathType} path";
+        stdout.WriteLine($"model: {config.Name} ({(generator.UsesEma ? "EMA" : "raw")} weights{(generator.Step is { } s ? $" of step {s}" : "")}, {trainedWith}) from {generator.CheckpointFile}");
+        if (generator.WeightsNote != null) stdout.WriteLine(generator.WeightsNote);
+        stdout.WriteLine($"sampling {labels.Length} images ({rowClasses.Length} {(unconditional ? "unconditional row" : "class")}{(rowClasses.Length == 1 ? "" : unconditional ? "s" : "es")} x {perClass}), {method}, seed {seed}");
 
         var clock = Stopwatch.StartNew();
-        var samples = SiTSampling.Generate(model, labels, sampler, modelBatch, p => Progress(stdout, p, clock));
+        var samples = generator.Generate(labels, seed, options, p => Progress(stdout, p, clock));
         stdout.WriteLine();
         var elapsed = clock.Elapsed;
 
-        int c = config.InChannels, size = config.InputSize;
-        if (c is 1 or 3)
-        {
-            var images = SampleImages.ToNhwcBytes(samples, labels.Length, c, size, size);
-            string[] rowLabels = [.. rowClasses.Select(k => k == classes ? "uncond" : k.ToString(CultureInfo.InvariantCulture))];
-            string title = string.Create(CultureInfo.InvariantCulture, $"{config.Name} {method}, {guidance}, seed {sampler.Seed}");
-            string grid = Path.Combine(folder, GridFile);
-            SampleGrid.Save(grid, images, labels.Length, size, size, c, perClass, rowLabels, title);
-            // NPZ: samples.npz (arr_0 = `images`, uint8 [N, H, W, C], the layout ADM's evaluator reads) is written here
-            // once the npy/npz writer (Data/Npy.cs) lands.
-            stdout.WriteLine($"sample: {labels.Length} images in {elapsed:hh\\:mm\\:ss} -> {grid}");
-            return 0;
-        }
-
-        // Not displayable: latents (4 channels = SD-VAE space) or other channel counts go out as tensors.
-        string file = Path.Combine(folder, LatentFile);
-        using (var tape = new Tape())
-        {
-            var f = new float[samples.Length];
-            for (int i = 0; i < f.Length; i++) f[i] = (float)samples[i];
-            SafeTensors.Write(file,
-                [("samples", Tensor.FromArray(backend, f, labels.Length, c, size, size)), ("labels", Tensor.FromArray(backend, labels, labels.Length))],
-                new Dictionary<string, string> { ["model"] = config.Name, ["sampler"] = method, ["guidance"] = guidance, ["seed"] = sampler.Seed.ToString(CultureInfo.InvariantCulture) });
-        }
-        string why = c == 4
-            ? "the model works in the 4-channel SD-VAE latent space and Repa has no VAE decoder, so no image was written (REPA decodes latents / 0.18215 with stabilityai/sd-vae-ft-ema)"
-            : $"{c}-channel samples are not images, so no PNG was written";
-        stdout.WriteLine($"sample: {labels.Length} samples in {elapsed:hh\\:mm\\:ss} -> {file} ('samples' [N, {c}, {size}, {size}] float32, 'labels'); {why}.");
+        string written = Save(samples, folder, perClass, string.Create(CultureInfo.InvariantCulture, $"{config.Name} {method}, seed {seed}"),
+            [.. rowClasses.Select(generator.LabelName)], new Dictionary<string, string>
+            {
+                ["model"] = config.Name, ["sampler"] = method, ["seed"] = seed.ToString(CultureInfo.InvariantCulture),
+                ["weights"] = generator.UsesEma ? "ema" : "raw",
+            });
+        stdout.WriteLine($"sample: {labels.Length} {(samples.AreImages ? "images" : "samples")} in {elapsed:hh\\:mm\\:ss} -> {written}");
         return 0;
+    }
+
+    /// <summary>
+    /// Writes <paramref name="samples"/> into <paramref name="folder"/>: images as samples.png (a grid of
+    /// <paramref name="columns"/> columns, rows labelled <paramref name="rowLabels"/>) and samples.npz (arr_0, uint8 NHWC);
+    /// anything else (SD-VAE latents) as samples.safetensors with <paramref name="metadata"/>. Returns what was written, in words.
+    /// </summary>
+    internal static string Save(GeneratedSamples samples, string folder, int columns, string title, IReadOnlyList<string> rowLabels,
+        IReadOnlyDictionary<string, string> metadata)
+    {
+        if (samples.AreImages)
+        {
+            string grid = Path.Combine(folder, GridFile), npz = Path.Combine(folder, NpzFile);
+            samples.SaveGrid(grid, columns, title, rowLabels);
+            samples.SaveNpz(npz);
+            return $"{grid} (grid), {npz} (arr_0 uint8 [{samples.Count}, {samples.Height}, {samples.Width}, {samples.Channels}])";
+        }
+        string file = Path.Combine(folder, LatentFile);
+        samples.SaveLatents(file, metadata);
+        return $"{file} ('samples' [N, {samples.Channels}, {samples.Height}, {samples.Width}] float32, 'labels'); no image was written: {samples.NotImages}.";
     }
 
     /// <summary>"0,3,7" -> [0, 3, 7], each a class of the model, none twice.</summary>
@@ -117,11 +119,12 @@ internal static class SampleCommand
         return [.. result];
     }
 
-    private static void Progress(TextWriter stdout, SamplerProgress p, Stopwatch clock)
+    /// <summary>One progress line, rewritten in place: bar, step, time reached, rate, ETA.</summary>
+    internal static void Progress(TextWriter stdout, SamplerProgress p, Stopwatch clock)
     {
-        double seconds = clock.Elapsed.TotalSeconds, rate = p.Step / Math.Max(seconds, 1e-9);
-        var eta = TimeSpan.FromSeconds((p.Steps - p.Step) / rate);
+        var elapsed = clock.Elapsed;
+        double rate = p.Step / Math.Max(elapsed.TotalSeconds, 1e-9);
         stdout.Write(string.Create(CultureInfo.InvariantCulture,
-            $"\rsampling step {p.Step}/{p.Steps} [{new string('#', 30 * p.Step / p.Steps),-30}] t = {p.Time:F3}, {rate:F2} steps/s, ETA {eta:hh\\:mm\\:ss}   "));
+            $"\rsampling {ProgressBar.Bar(p.Step, p.Steps)} step {p.Step}/{p.Steps} | t = {p.Time:F3} | {rate:F2} steps/s | ETA {ProgressBar.Eta(elapsed, p.Step, p.Steps)}   "));
     }
 }

@@ -202,7 +202,7 @@ public class DdpmObjectiveTests
             var o = new StringWriter();
             var e = new StringWriter();
             int code = Cli.Run(["train", "--config", "DiT-T/2", "--objective", "ddpm", "--encoder", "none", "--proj-coeff", "0",
-                "--steps", "2", "--batch", "4", "--threads", "2", "--out", folder], o, e);
+                "--steps", "2", "--batch", "4", "--threads", "2", "--out", folder, "--sample-grid", "false"], o, e);
             Assert.That(code, Is.EqualTo(0), e.ToString());
             Assert.That(o.ToString(), Does.Contain("objective: ddpm (1000 steps").And.Contain(", vb "));
             var steps = File.ReadAllLines(Path.Combine(folder, "metrics.jsonl")).Select(l => JsonSerializer.Deserialize<StepMetrics>(l)!).ToList();

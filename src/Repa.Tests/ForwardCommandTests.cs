@@ -24,7 +24,8 @@ public class ForwardCommandTests
         var o = new StringWriter();
         var e = new StringWriter();
         // qk-norm on: the forward command must rebuild it from config.json (the plain model is covered by TrainerTests).
-        int code = Cli.Run(["train", "--config", "SiT-T/4", "--steps", "2", "--batch", "4", "--out", folder, "--lr", "1e-3", "--qk-norm", "true"], o, e);
+        int code = Cli.Run(["train", "--config", "SiT-T/4", "--steps", "2", "--batch", "4", "--out", folder, "--lr", "1e-3", "--qk-norm", "true",
+            "--sample-grid", "false"], o, e);
         Assert.That(code, Is.EqualTo(0), e.ToString());
         Assert.That(ForwardCommand.LoadConfig(Path.Combine(folder, "config.json")).model.QkNorm, Is.True);
         var settings = ForwardCommand.LoadRunSettings(Path.Combine(folder, "config.json"));

@@ -7,6 +7,7 @@ using NUnit.Framework;
 using Repa.Kernels;
 using Repa.Kernels.Cpu;
 using Repa.Runtime.Models;
+using Repa.Runtime.Sampling;
 
 namespace Repa.Tests;
 
@@ -118,42 +119,9 @@ public sealed class PackagingTests
     [Test]
     public void ConsumerBuildsAndRunsAgainstTheFeed()
     {
-        string app = Path.Combine(work, "consumer");
-        string packages = Path.Combine(work, "packages");
-        Directory.CreateDirectory(app);
-        File.WriteAllText(Path.Combine(app, "nuget.config"), ConsumerNugetConfig(packages));
-        File.WriteAllText(Path.Combine(app, "Consumer.csproj"), $"""
-            <Project Sdk="Microsoft.NET.Sdk">
-              <PropertyGroup>
-                <OutputType>Exe</OutputType>
-                <TargetFramework>net10.0</TargetFramework>
-                <Nullable>enable</Nullable>
-                <ImplicitUsings>enable</ImplicitUsings>
-                <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
-                <!-- Offline, nuget.org is unreachable (NU1801, a warning with ignore-failed-sources) and has no
-                     vulnerability data to audit; the packages then come from the machine's cache. -->
-                <WarningsNotAsErrors>$(WarningsNotAsErrors);NU1801</WarningsNotAsErrors>
-                <NuGetAudit>false</NuGetAudit>
-              </PropertyGroup>
-              <ItemGroup>
-                <PackageReference Include="Repa.Runtime" Version="{version}" />
-              </ItemGroup>
-            </Project>
-            """);
-        File.WriteAllText(Path.Combine(app, "Program.cs"), ConsumerProgram);
+        var run = BuildAndRunConsumer("consumer", DocProgram("first-program"));
 
-        var restore = Run(app, allowFailure: true, "restore", "--nologo", "--disable-build-servers", "--ignore-failed-sources");
-        if (restore.ExitCode != 0 && restore.Output.Contains("NU1801", StringComparison.Ordinal))
-            Assert.Ignore("The consumer's restore could not reach a package source and the machine's package cache " +
-                          "lacks a package it needs: " + FirstLines(restore.Output, "error"));
-        Assert.That(restore.ExitCode, Is.EqualTo(0), restore.Output);
-        if (restore.Output.Contains("NU1801", StringComparison.Ordinal))
-            TestContext.Out.WriteLine("nuget.org was unreachable; the consumer restored from the feed and the machine's package cache.");
-        Run(app, "build", "-c", "Release", "--no-restore", "--nologo", "--disable-build-servers");
-        var run = Run(app, "run", "-c", "Release", "--no-build");
-
-        string line = run.Output.Split('\n').Select(l => l.Trim()).SingleOrDefault(l => l.StartsWith("REPA-CONSUMER ", StringComparison.Ordinal))
-            ?? throw new AssertionException("the consumer printed no check line:\n" + run.Output);
+        string line = CheckLine(run.Output, "REPA-CONSUMER ");
         // The packaged SiT-T/2 has the parameters of ours and the shapes of its config; reloaded from its checkpoint
         // into a differently seeded model it gives bit-identical outputs; ResNet18.onnx sits in the consumer's bin/
         // and ONNX Runtime's native library loads there (stage 3 of a 64 px image: 4x4 tokens of 256 channels).
@@ -163,8 +131,45 @@ public sealed class PackagingTests
         Assert.That(line, Is.EqualTo(
             $"REPA-CONSUMER params={parameters} output=[2, {tiny.InChannels}, {tiny.InputSize}, {tiny.InputSize}] " +
             $"projection=[2, {tiny.Tokens}, {tiny.ZDims[0]}] reload=identical resnet18=bin encoder=16x256"));
-        Assert.That(Directory.Exists(Path.Combine(packages, "repa.runtime", version)), Is.True,
+        Assert.That(Directory.Exists(Path.Combine(work, "packages", "repa.runtime", version)), Is.True,
             "Repa.Runtime came from the temporary feed, not from an older copy in the machine's cache");
+    }
+
+    [Test]
+    public void SamplingExampleOfTheDocsSamplesACheckpoint()
+    {
+        TrainerTests.Data(); // the checkpoint is trained on Fashion-MNIST; ignored when it is not installed
+        string checkpoint = Path.Combine(work, "run");
+        var error = new StringWriter();
+        Assert.That(Runtime.Cli.Run(["train", "--config", "SiT-T/2", "--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0",
+            "--lr", "1e-3", "--out", checkpoint, "--sample-grid", "false"], TextWriter.Null, error), Is.EqualTo(0), error.ToString());
+
+        var run = BuildAndRunConsumer("sampler", DocProgram("sampling-example"), checkpoint);
+
+        // The same call in this process (the consumer's "auto" device is the CPU with all cores, as "cpu" here).
+        using var generator = ImageGenerator.Load(checkpoint, "cpu");
+        int[] labels = ImageGenerator.RepeatEach([0, 3, 7], 2);
+        var samples = generator.Generate(labels, 7, new GenerationOptions { Steps = 10, CfgScale = 1.8, GuidanceHigh = 0.7 });
+        byte[] pixels = samples.ToImages();
+        string grid = Path.Combine(work, "sampler", "grid.png");
+        Assert.That(run.Output, Does.Contain("SiT-T/2, sit objective, on cpu: ").And.Contain("(auto chose the CPU: the CUDA and ILGPU backends are not built yet)")
+            .And.Contain("note: after 2 steps the EMA (decay 0.9999) is still 100% the initial model").And.Contain("step 10/10"));
+        Assert.That(CheckLine(run.Output, "REPA-SAMPLES "), Is.EqualTo(
+            $"REPA-SAMPLES n=6 shape=[6, 1, 32, 32] rows=T-shirt/top|Dress|Sneaker weights=raw sum={pixels.Sum(b => (long)b)} grid={grid}"));
+
+        // grid.png: a title line, three rows of two 64 px cells (32 px images enlarged twice) holding exactly those pixels.
+        var png = PlotTests.Decode(grid);
+        int left = 8 + 2 * ("T-shirt/top".Length * 6 - 1) + 8, top = 8 + 7 + 8;
+        Assert.That(png.Height, Is.EqualTo(top + 3 * 64 + 2 * 2 + 8));
+        for (int i = 0; i < 6; i++)
+            for (int y = 0; y < 64; y++)
+                for (int x = 0; x < 64; x++)
+                {
+                    byte v = pixels[i * 1024 + y / 2 * 32 + x / 2];
+                    var pixel = png.At(left + i % 2 * 66 + x, top + i / 2 * 66 + y);
+                    if (pixel != (v, v, v)) Assert.Fail($"image {i} pixel ({x}, {y}) is {pixel} in the consumer's grid, {v} in-process");
+                }
+        Assert.That(ImageGeneratorTests.ReadNpz(Path.Combine(work, "sampler", "samples.npz"))["arr_0"].Data, Is.EqualTo(pixels));
     }
 
     [Test]
@@ -252,40 +257,70 @@ public sealed class PackagingTests
 
     // ---- the consumer ----
 
-    private const string ConsumerProgram = """
-        using Repa.Autograd;
-        using Repa.Kernels;
-        using Repa.Kernels.Cpu;
-        using Repa.Runtime.Checkpoints;
-        using Repa.Runtime.Encoders;
-        using Repa.Runtime.Models;
+    /// <summary>
+    /// The C# program of docs/embedding.md between &lt;!-- packaging-test: NAME --&gt; and &lt;!-- /packaging-test: NAME --&gt;
+    /// (the one fenced csharp block there), so the page shows exactly what is compiled and run.
+    /// </summary>
+    private string DocProgram(string name)
+    {
+        string page = Path.Combine(root, "docs", "embedding.md");
+        string text = File.ReadAllText(page).ReplaceLineEndings("\n");
+        string begin = $"<!-- packaging-test: {name} -->", end = $"<!-- /packaging-test: {name} -->";
+        int from = text.IndexOf(begin, StringComparison.Ordinal), to = text.IndexOf(end, StringComparison.Ordinal);
+        if (from < 0 || to < from) throw new AssertionException($"{page} has no '{begin}' ... '{end}' section.");
+        string section = text[(from + begin.Length)..to];
+        const string fence = "```csharp\n";
+        int open = section.IndexOf(fence, StringComparison.Ordinal), close = section.LastIndexOf("```", StringComparison.Ordinal);
+        if (open < 0 || close <= open) throw new AssertionException($"the '{name}' section of {page} holds no ```csharp block.");
+        return section[(open + fence.Length)..close];
+    }
 
-        var cpu = new CpuBackend();
-        var config = SiTConfig.Tiny;
-        using var model = new SiT(cpu, DType.F32, config, seed: 1);
-        using var tape = new Tape();
-        var images = Enumerable.Range(0, 2 * 32 * 32).Select(i => MathF.Sin(i * 0.1f)).ToArray();
-        var x = Tensor.FromArray(cpu, images, 2, 1, 32, 32);
-        var t = Tensor.FromArray(cpu, new[] { 0.25f, 0.75f }, 2);
-        var y = Tensor.FromArray(cpu, new[] { 3, 10 }, 2);
-        var (output, projections) = model.Forward(x, t, y);
+    /// <summary>
+    /// Writes a console app with <paramref name="program"/> as Program.cs that takes Repa.Runtime from the temporary feed,
+    /// restores (ignoring the test when offline with a cache that lacks a package), builds, and runs it with
+    /// <paramref name="args"/> in its folder.
+    /// </summary>
+    private CommandResult BuildAndRunConsumer(string name, string program, params string[] args)
+    {
+        string app = Path.Combine(work, name);
+        string packages = Path.Combine(work, "packages");
+        Directory.CreateDirectory(app);
+        File.WriteAllText(Path.Combine(app, "nuget.config"), ConsumerNugetConfig(packages));
+        File.WriteAllText(Path.Combine(app, "Consumer.csproj"), $"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <PropertyGroup>
+                <OutputType>Exe</OutputType>
+                <TargetFramework>net10.0</TargetFramework>
+                <Nullable>enable</Nullable>
+                <ImplicitUsings>enable</ImplicitUsings>
+                <TreatWarningsAsErrors>true</TreatWarningsAsErrors>
+                <!-- Offline, nuget.org is unreachable (NU1801, a warning with ignore-failed-sources) and has no
+                     vulnerability data to audit; the packages then come from the machine's cache. -->
+                <WarningsNotAsErrors>$(WarningsNotAsErrors);NU1801</WarningsNotAsErrors>
+                <NuGetAudit>false</NuGetAudit>
+              </PropertyGroup>
+              <ItemGroup>
+                <PackageReference Include="Repa.Runtime" Version="{version}" />
+              </ItemGroup>
+            </Project>
+            """);
+        File.WriteAllText(Path.Combine(app, "Program.cs"), program);
 
-        string path = Path.Combine(AppContext.BaseDirectory, "checkpoint.safetensors");
-        SafeTensors.Write(path, model.StateDict());
-        using var file = SafeTensors.Read(path, cpu);
-        using var reloaded = new SiT(cpu, DType.F32, config, seed: 2);
-        reloaded.LoadStateDict(file.Tensors);
-        var (output2, projections2) = reloaded.Forward(x, t, y);
-        bool identical = output.ToFloatArray().SequenceEqual(output2.ToFloatArray())
-            && projections[0].ToFloatArray().SequenceEqual(projections2[0].ToFloatArray());
+        var restore = Run(app, allowFailure: true, "restore", "--nologo", "--disable-build-servers", "--ignore-failed-sources");
+        if (restore.ExitCode != 0 && restore.Output.Contains("NU1801", StringComparison.Ordinal))
+            Assert.Ignore("The consumer's restore could not reach a package source and the machine's package cache " +
+                          "lacks a package it needs: " + FirstLines(restore.Output, "error"));
+        Assert.That(restore.ExitCode, Is.EqualTo(0), restore.Output);
+        if (restore.Output.Contains("NU1801", StringComparison.Ordinal))
+            TestContext.Out.WriteLine("nuget.org was unreachable; the consumer restored from the feed and the machine's package cache.");
+        Run(app, "build", "-c", "Release", "--no-restore", "--nologo", "--disable-build-servers");
+        return Run(app, ["run", "-c", "Release", "--no-build", "--", .. args]);
+    }
 
-        string onnx = OnnxEncoder.FindResNet18();
-        using var encoder = OnnxEncoder.ResNet18(inputSize: 64);
-        encoder.Encode(images.AsSpan(0, 32 * 32), 1, 1, 32, 32, out int tokens, out int dim);
-        Console.WriteLine($"REPA-CONSUMER params={model.ParameterCount} output={output.ShapeString} " +
-            $"projection={projections[0].ShapeString} reload={(identical ? "identical" : "different")} " +
-            $"resnet18={(onnx.StartsWith(AppContext.BaseDirectory, StringComparison.Ordinal) ? "bin" : onnx)} encoder={tokens}x{dim}");
-        """;
+    /// <summary>The one output line that starts with <paramref name="prefix"/>.</summary>
+    private static string CheckLine(string output, string prefix) =>
+        output.Split('\n').Select(l => l.Trim()).SingleOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal))
+        ?? throw new AssertionException($"the consumer printed no '{prefix}' line:\n" + output);
 
     /// <summary>
     /// Sources: the temporary feed (the only source of Repa.*), the machine's package cache as a local feed and the

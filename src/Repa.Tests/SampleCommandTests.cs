@@ -25,7 +25,7 @@ public class SampleCommandTests
         root = Path.Combine(Path.GetTempPath(), "repa-sample-" + Guid.NewGuid().ToString("N"));
         run = Path.Combine(root, "run");
         var (code, _, stderr) = Cli(["train", "--config", "SiT-T/2", "--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0",
-            "--lr", "1e-3", "--out", run, "--threads", "2"]);
+            "--lr", "1e-3", "--out", run, "--threads", "2", "--sample-grid", "false"]);
         Assert.That(code, Is.EqualTo(0), stderr);
     }
 
@@ -47,16 +47,17 @@ public class SampleCommandTests
     /// The grid at <paramref name="png"/> has the documented layout (rows of 64 px cells for 32 px images, 2 px gaps,
     /// 8 px margins, a title line, labels at the left) and its cells are exactly the samples the library draws in-process.
     /// </summary>
-    private void AssertGridHolds(string png, int[] rowClasses, int perClass, SamplerOptions options, bool ema = true)
+    private void AssertGridHolds(string png, int[] rowClasses, int perClass, SamplerOptions options, SamplingWeights weights, string[]? rowLabels = null)
     {
         var grid = PlotTests.Decode(png);
-        int rows = rowClasses.Length, cell = 64, labelWidth = 2 * (rowClasses.Max(k => k.ToString().Length) * 6 - 1);
+        rowLabels ??= [.. rowClasses.Select(k => FashionMnist[k])];
+        int rows = rowClasses.Length, cell = 64, labelWidth = 2 * (rowLabels.Max(l => l.Length) * 6 - 1);
         int left = 8 + labelWidth + 8, top = 8 + 7 + 8;
         Assert.That(grid.Height, Is.EqualTo(top + rows * cell + (rows - 1) * 2 + 8), "height");
         Assert.That(grid.Width, Is.GreaterThanOrEqualTo(left + perClass * cell + (perClass - 1) * 2 + 8), "width");
 
         using var backend = new CpuBackend(2);
-        var loaded = SiTSampling.Load(run, backend, ema);
+        var loaded = SiTSampling.Load(run, backend, weights);
         using var model = loaded.Model;
         int[] labels = [.. rowClasses.SelectMany(k => Enumerable.Repeat(k, perClass))];
         var samples = SiTSampling.Generate(model, labels, options with { PathType = loaded.Objective.PathType }, modelBatch: 5);
@@ -82,45 +83,67 @@ public class SampleCommandTests
         }
     }
 
+    private static readonly string[] FashionMnist = [.. Repa.Runtime.Data.ClassNames.FashionMnist];
+
     [Test]
-    public void SdeSamplesFillTheLabelledGrid()
+    public void SdeSamplesFillTheLabelledGridAndTheNpz()
     {
         string output = Path.Combine(root, "sde");
         var (code, stdout, stderr) = Cli(["sample", "--checkpoint", run, "--labels", "0,3,7", "--per-class", "2", "--steps", "3", "--seed", "4",
             "--batch", "4", "--out", output, "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
-        string png = Path.Combine(output, "samples.png");
-        Assert.That(stdout, Does.Contain("EMA weights of step 2").And.Contain("sampling step 3/3").And.Contain("ETA")
-            .And.Contain("note: after 2 steps the EMA (decay 0.9999) is still 100% the initial model"));
-        Assert.That(stdout.TrimEnd().Split('\n')[^1], Does.StartWith("sample: 6 images in ").And.EndWith(png));
-        AssertGridHolds(png, [0, 3, 7], 2, new SamplerOptions { Mode = SamplerMode.Sde, Steps = 3, Seed = 4 });
+        string png = Path.Combine(output, "samples.png"), npz = Path.Combine(output, "samples.npz");
+        // --weights auto: after 2 steps the EMA is the initial model, so the raw weights are sampled, with one note.
+        Assert.That(stdout, Does.Contain("raw weights of step 2").And.Contain("SDE Euler-Maruyama 3 steps, no guidance, seed 4")
+            .And.Contain("] 100% step 3/3 | t = 0.000").And.Contain("ETA 0:00:00")
+            .And.Contain("device: cpu: 2 thread(s)").And.Contain("auto chose the CPU: the CUDA and ILGPU backends are not built yet"));
+        Assert.That(stdout.Split('\n').Where(l => l.StartsWith("note: ")).ToArray(), Is.EqualTo(new[]
+        {
+            "note: after 2 steps the EMA (decay 0.9999) is still 100% the initial model, whose output is 0; sampling the raw weights instead (--weights ema forces the EMA).",
+        }));
+        string last = stdout.TrimEnd().Split('\n')[^1];
+        Assert.That(last, Does.StartWith("sample: 6 images in ").And.Contain($"-> {png} (grid), {npz} (arr_0 uint8 [6, 32, 32, 1])"));
+        var options = new SamplerOptions { Mode = SamplerMode.Sde, Steps = 3, Seed = 4 };
+        AssertGridHolds(png, [0, 3, 7], 2, options, SamplingWeights.Raw);
+
+        // arr_0 is exactly the grid's images: uint8 NHWC.
+        var arrays = ImageGeneratorTests.ReadNpz(npz);
+        Assert.That(arrays.Keys, Is.EquivalentTo(new[] { "arr_0" }));
+        Assert.That((arrays["arr_0"].Type, arrays["arr_0"].Shape), Is.EqualTo((Repa.Runtime.Data.NpyType.UInt8, new[] { 6, 32, 32, 1 })));
+        using var backend = new CpuBackend(2);
+        using var model = SiTSampling.Load(run, backend, SamplingWeights.Raw).Model;
+        var samples = SiTSampling.Generate(model, [0, 0, 3, 3, 7, 7], options, modelBatch: 5);
+        Assert.That(arrays["arr_0"].Data, Is.EqualTo(SampleImages.ToNhwcBytes(samples, 6, 1, 32, 32)));
     }
 
     [Test]
-    public void GuidedHeunSamplesGoBesideTheCheckpointByDefault()
+    public void GuidedHeunEmaSamplesGoBesideTheCheckpointByDefault()
     {
         var (code, stdout, stderr) = Cli(["sample", "--checkpoint", Path.Combine(run, "checkpoint.safetensors"), "--labels", "5", "--per-class", "3",
-            "--mode", "ode", "--heun", "--steps", "3", "--cfg", "2.5", "--guidance-high", "0.7", "--threads", "2"]);
+            "--mode", "ode", "--heun", "--steps", "3", "--cfg", "2.5", "--guidance-high", "0.7", "--weights", "ema", "--device", "cpu", "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
-        Assert.That(stdout, Does.Contain("ODE Heun 3 steps").And.Contain("cfg 2.5 for t in [0, 0.7]"));
+        Assert.That(stdout, Does.Contain("EMA weights of step 2").And.Contain("ODE Heun 3 steps, cfg 2.5 for t in [0, 0.7]")
+            .And.Contain("note: after 2 steps the EMA (decay 0.9999) is still 100% the initial model, whose output is 0; --weights raw samples the trained weights.")
+            .And.Not.Contain("auto chose"));
         var options = new SamplerOptions { Mode = SamplerMode.Ode, Heun = true, Steps = 3, CfgScale = 2.5, GuidanceHigh = 0.7 };
-        AssertGridHolds(Path.Combine(run, "samples.png"), [5], 3, options);
+        AssertGridHolds(Path.Combine(run, "samples.png"), [5], 3, options, SamplingWeights.Ema);
+        Assert.That(File.Exists(Path.Combine(run, "samples.npz")), Is.True);
     }
 
     [Test]
-    public void ByDefaultEveryClassIsARowLabelledByItsNumberAndRawWeightsCanBeChosen()
+    public void ByDefaultEveryClassIsARowNamedAfterItsFashionMnistClass()
     {
-        // The run's config.json does not record the dataset, so rows are labelled with class numbers, not names.
-        // Also the raw weights: after two steps they differ from the EMA (still nearly the zero-output initial model).
-        string output = Path.Combine(root, "numbers");
+        // The run's config.json records data_dir = /usr/share/datasets/fashion-mnist: rows carry the class names.
+        string output = Path.Combine(root, "names");
         var (code, stdout, stderr) = Cli(["sample", "--checkpoint", run, "--per-class", "1", "--steps", "2", "--mode", "ode", "--weights", "raw",
             "--out", output, "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
-        Assert.That(stdout, Does.Contain("raw weights of step 2"));
-        AssertGridHolds(Path.Combine(output, "samples.png"), [.. Enumerable.Range(0, 10)], 1, new SamplerOptions { Mode = SamplerMode.Ode, Steps = 2 }, ema: false);
+        Assert.That(stdout, Does.Contain("raw weights of step 2").And.Not.Contain("note:"), "forced raw weights need no note");
+        AssertGridHolds(Path.Combine(output, "samples.png"), [.. Enumerable.Range(0, 10)], 1, new SamplerOptions { Mode = SamplerMode.Ode, Steps = 2 },
+            SamplingWeights.Raw);
         using var backend = new CpuBackend(1);
-        using var raw = SiTSampling.Load(run, backend, ema: false).Model;
-        using var averaged = SiTSampling.Load(run, backend).Model;
+        using var raw = SiTSampling.Load(run, backend, SamplingWeights.Raw).Model;
+        using var averaged = SiTSampling.Load(run, backend, SamplingWeights.Ema).Model;
         Assert.That(raw["final_layer.linear.weight"].ToFloatArray(), Is.Not.EqualTo(averaged["final_layer.linear.weight"].ToFloatArray()));
     }
 
@@ -156,7 +179,12 @@ public class SampleCommandTests
             var plain = state.Tensors.Where(kv => !kv.Key.StartsWith(Ema.Prefix)).Select(kv => (kv.Key, kv.Value)).ToList();
             SafeTensors.Write(Path.Combine(noEma, "checkpoint.safetensors"), plain);
         }
-        AssertOneSentence(Cli(["sample", "--checkpoint", noEma]), "has no EMA weights");
+        AssertOneSentence(Cli(["sample", "--checkpoint", noEma, "--weights", "ema"]), "has no EMA weights");
+        // auto takes the raw weights of such a checkpoint and says so.
+        var (code, stdout, stderr) = Cli(["sample", "--checkpoint", noEma, "--per-class", "1", "--labels", "2", "--steps", "1", "--threads", "1"]);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain($"note: checkpoint '{Path.Combine(noEma, "checkpoint.safetensors")}' holds no EMA weights; sampling its raw weights.")
+            .And.Contain("(raw weights, linear path)"), "its metadata has no step");
     }
 
     [TestCase(new[] { "--labels", "3,x" }, "--labels must list class numbers 0..9")]
@@ -166,11 +194,16 @@ public class SampleCommandTests
     [TestCase(new[] { "--unconditional", "--cfg", "2" }, "needs class labels")]
     [TestCase(new[] { "--heun" }, "--mode ode")]
     [TestCase(new[] { "--heun", "yes" }, "--heun takes no value")]
-    [TestCase(new[] { "--mode", "fast" }, "--mode must be one of sde, ode")]
+    [TestCase(new[] { "--mode", "fast" }, "--mode must be one of sde, ode, ddpm, ddim")]
+    [TestCase(new[] { "--mode", "ddpm" }, "--mode ddpm is DiT's sampler, but SiT-T/2 was trained with the SiT velocity objective; use --mode sde or ode.")]
+    [TestCase(new[] { "--mode", "ddim" }, "--mode ddim is DiT's sampler")]
+    [TestCase(new[] { "--device", "cuda" }, "--device cuda: the CUDA backend is not built yet (it arrives with a later issue); use --device cpu or auto.")]
+    [TestCase(new[] { "--device", "ilgpu" }, "--device ilgpu: the ILGPU backend is not built yet")]
+    [TestCase(new[] { "--device", "tpu" }, "--device must be one of auto, cpu, cuda, ilgpu, got 'tpu'")]
     [TestCase(new[] { "--cfg", "0.5" }, "--cfg must be a number >= 1")]
     [TestCase(new[] { "--guidance-low", "0.8", "--guidance-high", "0.2" }, "--guidance-low")]
     [TestCase(new[] { "--per-class", "0" }, "--per-class must be an integer >= 1")]
-    [TestCase(new[] { "--weights", "best" }, "--weights must be one of ema, raw")]
+    [TestCase(new[] { "--weights", "best" }, "--weights must be one of auto, ema, raw")]
     public void BadFlagsAreOneSentence(string[] flags, string message)
     {
         AssertOneSentence(Cli(["sample", "--checkpoint", run, .. flags]), message);
@@ -188,7 +221,8 @@ public class SampleCommandTests
         var (code, stdout, _) = Cli(["--help"]);
         Assert.That(code, Is.EqualTo(0));
         foreach (var flag in new[] { "--checkpoint", "--labels", "--per-class", "--unconditional", "--mode", "--steps", "--heun", "--cfg",
-                     "--guidance-low", "--guidance-high", "--seed", "--batch", "--out", "--weights" })
+                     "--guidance-low", "--guidance-high", "--seed", "--batch", "--out", "--weights", "--device", "ddim", "min(3, C) eps channels",
+                     "samples.npz", "auto|ema|raw" })
             Assert.That(stdout, Does.Contain(flag));
         Assert.That(stdout, Does.Contain("sample --checkpoint C"));
     }
@@ -220,7 +254,8 @@ public class SampleCommandTests
         var (code, stdout, stderr) = Cli(["sample", "--checkpoint", folder, "--unconditional", "--per-class", "2", "--steps", "2", "--threads", "1"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         string last = stdout.TrimEnd().Split('\n')[^1];
-        Assert.That(last, Does.StartWith("sample: 20 samples in ").And.Contain("samples.safetensors").And.Contain("SD-VAE latent space"));
+        Assert.That(last, Does.StartWith("sample: 20 samples in ").And.Contain("samples.safetensors")
+            .And.Contain("no image was written: these are 4-channel SD-VAE latents, not images, and Repa has no VAE decoder"));
         Assert.That(File.Exists(Path.Combine(folder, "samples.png")), Is.False, "no fake image");
         using var be = new CpuBackend(1);
         using var file = SafeTensors.Read(Path.Combine(folder, "samples.safetensors"), be);
