@@ -120,10 +120,12 @@ public static class Cli
           --checkpoint C       (eval) run folder or its checkpoint.safetensors.
           --data DIR           (eval) the dataset (default: the data_dir in the run's config.json). Real images come from
                                its held-out split (IDX t10k) where it has one, else from its training images.
-          --weights ema|raw    (eval) the EMA (default) or the raw weights (study picks: the EMA once decay^steps <= 1/2).
+          --weights auto|ema|raw  (eval) as for sample: auto (default) takes the EMA unless it is still mostly the initial
+                               model (decay^steps > 1/2), then the raw weights; the study decides the same way.
           --num N              generated images (class-balanced) and real images for FD and CKNNA (default 1000).
-          --mode sde|ode, --sample-steps N, --heun, --cfg X, --guidance-low X, --guidance-high X
-                               the sampler of the generated images (default: SDE, 50 steps, no guidance).
+          --mode sde|ode|ddpm|ddim, --sample-steps N, --heun, --cfg X, --guidance-low X, --guidance-high X
+                               the sampler of the generated images, as for sample (default: the objective's: SDE 50
+                               steps for SiT, DDPM 250 for DiT; no guidance).
           --probe-t X          time of the noisy input whose hidden states (after encoder_depth, mean over tokens, null
                                label) feed CKNNA and the probe (default 0.5, our choice).
           --probe-train N      training images of the linear probe (default 2000; tested on the real images).

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using Repa.Kernels.Cpu;
 using Repa.Runtime.Data;
 using Repa.Runtime.Eval;
 using Repa.Runtime.Sampling;
@@ -16,32 +15,30 @@ internal static class EvalCommand
         string checkpoint = o.String("--checkpoint", "");
         string dataFolder = o.String("--data", "");
         var evalOptions = ReadEvalOptions(o);
-        bool ema = o.String("--weights", "ema", "ema", "raw") == "ema";
+        var weights = SampleCommand.ReadWeights(o);
         string output = o.String("--out", "");
-        o.String("--device", "auto", "auto", "cpu");
+        string device = o.String("--device", "auto", ComputeDevice.Names);
         int threads = o.Int("--threads", Environment.ProcessorCount, min: 1);
         o.RejectUnknown();
         if (checkpoint.Length == 0) throw new UsageException("eval needs --checkpoint (a run folder or its checkpoint.safetensors).");
         evalOptions.Validate();
 
-        using var backend = new CpuBackend(threads);
-        var loaded = SiTSampling.Load(checkpoint, backend, ema);
-        using var model = loaded.Model;
-        string runFolder = Path.GetDirectoryName(Path.GetFullPath(loaded.File))!;
-        var settings = ForwardCommand.LoadRunSettings(Path.Combine(runFolder, "config.json"));
-        if (settings.Objective != "sit")
-            throw new NotSupportedException($"eval samples with REPA's flow samplers; '{loaded.File}' was trained with the {settings.Objective} objective, which eval does not cover yet.");
+        using var generator = ImageGenerator.Load(checkpoint, device, weights, threads);
+        if (generator.DeviceNote != null) stdout.WriteLine(generator.DeviceNote);
+        if (generator.WeightsNote != null) stdout.WriteLine(generator.WeightsNote);
+        string runFolder = Path.GetDirectoryName(Path.GetFullPath(generator.CheckpointFile))!;
         if (dataFolder.Length == 0)
-            dataFolder = settings.DataDir ?? throw new UsageException($"'{runFolder}/config.json' does not record the training data; pass --data.");
-        stdout.WriteLine($"eval: {model.Config.Name} ({(ema ? "EMA" : "raw")} weights{(loaded.Step is { } s ? $" of step {s}" : "")}) from {loaded.File}, device: {backend.Description}");
+            dataFolder = generator.DataDir ?? throw new UsageException($"'{runFolder}/config.json' does not record the training data; pass --data.");
+        string weightsUsed = generator.UsesEma ? "ema" : "raw";
+        stdout.WriteLine($"eval: {generator.Config.Name} ({weightsUsed} weights{(generator.Step is { } s ? $" of step {s}" : "")}) from {generator.CheckpointFile}, device: {generator.DeviceDescription}");
 
-        using var evaluator = CreateEvaluator(dataFolder, model.Config.InputSize, evalOptions, stdout);
-        var report = evaluator.Evaluate(model, loaded.Objective.PathType);
+        using var evaluator = CreateEvaluator(dataFolder, generator.Size, evalOptions, stdout);
+        var report = evaluator.Evaluate(generator);
         string file = output.Length > 0 ? output : Path.Combine(runFolder, ReportFile);
         WriteReport(file, new Dictionary<string, object?>
         {
-            ["checkpoint"] = loaded.File, ["step"] = loaded.Step, ["weights"] = ema ? "ema" : "raw", ["model"] = model.Config.Name,
-            ["data"] = dataFolder, ["report"] = report,
+            ["checkpoint"] = generator.CheckpointFile, ["step"] = generator.Step, ["weights"] = weightsUsed, ["model"] = generator.Config.Name,
+            ["objective"] = generator.Objective, ["data"] = dataFolder, ["report"] = report,
         });
         stdout.WriteLine($"eval: {report.Summary()} -> {file}");
         return 0;
@@ -51,16 +48,20 @@ internal static class EvalCommand
     internal static EvalOptions ReadEvalOptions(Options o) => new()
     {
         Samples = o.Int("--num", 1000, min: 2),
-        Sampler = new SamplerOptions
+        Generation = new GenerationOptions
         {
-            Mode = o.String("--mode", "sde", "sde", "ode") == "ode" ? SamplerMode.Ode : SamplerMode.Sde,
-            Steps = o.Int("--sample-steps", 50, min: 1),
+            Method = o.String("--mode", "auto", "auto", "sde", "ode", "ddpm", "ddim") switch
+            {
+                "sde" => SamplingMethod.Sde, "ode" => SamplingMethod.Ode, "ddpm" => SamplingMethod.Ddpm, "ddim" => SamplingMethod.Ddim,
+                _ => SamplingMethod.Auto,
+            },
+            Steps = o.Int("--sample-steps", 0, min: 1),
             Heun = o.Flag("--heun"),
             CfgScale = o.Double("--cfg", 1.0, min: 1),
             GuidanceLow = o.Double("--guidance-low", 0.0),
             GuidanceHigh = o.Double("--guidance-high", 1.0),
+            ModelBatch = o.Int("--model-batch", 64, min: 1),
         },
-        ModelBatch = o.Int("--model-batch", 64, min: 1),
         ProbeTime = o.Double("--probe-t", 0.5, min: 0),
         ProbeTrainImages = o.Int("--probe-train", 2000, min: 2),
         K = o.Int("--k", Cknna.DefaultK, min: 1),

@@ -39,12 +39,7 @@ internal static class SampleCommand
             ModelBatch = o.Int("--batch", 16, min: 1),
         };
         ulong seed = (ulong)o.Int("--seed", 0, min: 0);
-        var weights = o.String("--weights", "auto", "auto", "ema", "raw") switch
-        {
-            "ema" => SamplingWeights.Ema,
-            "raw" => SamplingWeights.Raw,
-            _ => SamplingWeights.Auto,
-        };
+        var weights = ReadWeights(o);
         string outFolder = o.String("--out", "");
         string device = o.String("--device", "auto", ComputeDevice.Names);
         int threads = o.Int("--threads", Environment.ProcessorCount, min: 1);
@@ -104,6 +99,14 @@ internal static class SampleCommand
         samples.SaveLatents(file, metadata);
         return $"{file} ('samples' [N, {samples.Channels}, {samples.Height}, {samples.Width}] float32, 'labels'); no image was written: {samples.NotImages}.";
     }
+
+    /// <summary>--weights auto|ema|raw (shared with `eval`).</summary>
+    internal static SamplingWeights ReadWeights(Options o) => o.String("--weights", "auto", "auto", "ema", "raw") switch
+    {
+        "ema" => SamplingWeights.Ema,
+        "raw" => SamplingWeights.Raw,
+        _ => SamplingWeights.Auto,
+    };
 
     /// <summary>"0,3,7" -> [0, 3, 7], each a class of the model, none twice.</summary>
     internal static int[] ParseLabels(string text, int classes)

@@ -7,6 +7,7 @@ using Repa.Runtime.Encoders;
 using Repa.Runtime.Eval;
 using Repa.Runtime.Models;
 using Repa.Runtime.Plots;
+using Repa.Runtime.Sampling;
 using Repa.Runtime.Training;
 
 namespace Repa.Runtime;
@@ -72,7 +73,8 @@ internal static class StudyCommand
                 if (!evalSteps.Contains(step)) return;
                 bool ema = Trainer.EmaIsUseful(options.EmaDecay, step);
                 LoadWeights(evalModel, trainer, ema);
-                var report = evaluator.Evaluate(evalModel, options.Objective.PathType);
+                using var generator = ImageGenerator.ForModel(evalModel, "sit", options.Objective.PathType);
+                var report = evaluator.Evaluate(generator);
                 var point = new StudyPoint(arm, step, ema ? "ema" : "raw", m.Loss, report);
                 points.Add(point);
                 stdout.WriteLine($"study: {arm} step {step} ({point.Weights} weights): {report.Summary()}");

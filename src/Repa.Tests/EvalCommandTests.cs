@@ -72,9 +72,31 @@ public class EvalCommandTests
         var (code, _, stderr) = Cli(["eval", "--checkpoint", Path.Combine(run, "checkpoint.safetensors"), .. Tiny]);
         Assert.That(code, Is.EqualTo(0), stderr);
         var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, EvalCommand.ReportFile))).RootElement;
-        Assert.That(doc.GetProperty("weights").GetString(), Is.EqualTo("ema"));
+        Assert.That(doc.GetProperty("weights").GetString(), Is.EqualTo("raw"), "auto: after 2 steps the EMA is still the initial model");
         Assert.That(doc.GetProperty("step").GetInt32(), Is.EqualTo(2));
         Assert.That(doc.GetProperty("data").GetString(), Is.EqualTo(Repa.Runtime.Data.IdxDataset.DefaultFashionMnistFolder), "from config.json");
+    }
+
+    [Test]
+    public void EvalCoversDdpmCheckpoints()
+    {
+        string dit = Path.Combine(root, "dit");
+        var (code, _, stderr) = Cli(["train", "--config", "DiT-T/4", "--objective", "ddpm", "--steps", "2", "--batch", "4", "--encoder", "none",
+            "--proj-coeff", "0", "--out", dit, "--sample-grid", "false", "--threads", "2"]);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        string file = Path.Combine(dit, "eval-ddim.json");
+        (code, _, stderr) = Cli(["eval", "--checkpoint", dit, "--mode", "ddim", "--out", file, .. Tiny]);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        var doc = JsonDocument.Parse(File.ReadAllText(file)).RootElement;
+        Assert.That(doc.GetProperty("objective").GetString(), Is.EqualTo("ddpm"));
+        var r = doc.GetProperty("report");
+        Assert.That(r.GetProperty("sampler").GetString(), Does.StartWith("DDIM 2 steps"));
+        Assert.That(r.GetProperty("fd").GetDouble(), Is.GreaterThan(0));
+        Assert.That(r.GetProperty("probe_accuracy").GetDouble(), Is.InRange(0.0, 1.0));
+        // A SiT sampler on a DDPM checkpoint is one sentence.
+        (code, _, stderr) = Cli(["eval", "--checkpoint", dit, "--mode", "sde", .. Tiny]);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(stderr, Does.StartWith("error: ").And.Contain("--mode sde"));
     }
 
     private static IEnumerable<TestCaseData> BadEval()

@@ -15,11 +15,8 @@ public sealed record EvalOptions
     /// <summary>Generated images for the Frechet distance, class-balanced (label i mod classes); also the real images used.</summary>
     public int Samples { get; init; } = 1000;
 
-    /// <summary>The sampler of the generated images (its seed is <see cref="Seed"/>).</summary>
-    public SamplerOptions Sampler { get; init; } = new();
-
-    /// <summary>At most this many images per model call.</summary>
-    public int ModelBatch { get; init; } = 64;
+    /// <summary>The sampler of the generated images (its seed is <see cref="Seed"/>; its ModelBatch bounds every model call).</summary>
+    public GenerationOptions Generation { get; init; } = new() { ModelBatch = 64 };
 
     /// <summary>
     /// The time at which hidden states are read for CKNNA and the probe: x_t on the model's path from a clean image and
@@ -41,12 +38,11 @@ public sealed record EvalOptions
     public EvalOptions Validate()
     {
         if (Samples < 2) throw new ArgumentException($"--num must be at least 2 (a covariance needs two samples), got {Samples}.");
-        if (ModelBatch < 1) throw new ArgumentException($"--model-batch must be at least 1, got {ModelBatch}.");
+        if (Generation.ModelBatch < 1) throw new ArgumentException($"--model-batch must be at least 1, got {Generation.ModelBatch}.");
         if (!(ProbeTime >= 0 && ProbeTime < 1)) throw new ArgumentException($"--probe-t must be in [0, 1), got {ProbeTime}.");
         if (ProbeTrainImages < 2) throw new ArgumentException($"--probe-train must be at least 2, got {ProbeTrainImages}.");
         if (K < 1 || K >= Samples) throw new ArgumentException($"CKNNA's k ({K}) must be in 1..{Samples - 1} (below --num).");
         if (EncoderSize < 32 || EncoderSize % 32 != 0) throw new ArgumentException($"--encoder-size must be a multiple of 32, got {EncoderSize}.");
-        Sampler.Validate();
         return this;
     }
 }
@@ -135,15 +131,16 @@ public sealed class ModelEvaluator : IDisposable
     public string FdEncoder { get; }
     public string RealSplit { get; }
 
-    /// <summary>Evaluates <paramref name="model"/> (trained on <paramref name="pathType"/>, "linear" or "cosine").</summary>
-    public EvalReport Evaluate(SiT model, string pathType)
+    /// <summary>Evaluates the model of <paramref name="generator"/> (sampling with <see cref="EvalOptions.Generation"/>).</summary>
+    public EvalReport Evaluate(ImageGenerator generator)
     {
-        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(generator);
+        var model = generator.Model;
         var cfg = model.Config;
         if (cfg.InChannels != real.Channels || cfg.InputSize != real.Size)
             throw new ArgumentException($"{cfg.Name} takes [{cfg.InChannels}, {cfg.InputSize}, {cfg.InputSize}] inputs but the dataset gives [{real.Channels}, {real.Size}, {real.Size}]; evaluate on the data the model was trained on.");
         var sw = Stopwatch.StartNew();
-        var sampler = options.Sampler with { Seed = options.Seed, PathType = pathType };
+        var generation = generator.Resolve(options.Generation);
 
         // FD needs images: a latent model's samples would need the VAE decoder, which is not here.
         bool pixels = real.Channels == real.ImageChannels && real.Size == real.ImageHeight && real.Size == real.ImageWidth;
@@ -152,19 +149,20 @@ public sealed class ModelEvaluator : IDisposable
         {
             var labels = Enumerable.Range(0, options.Samples).Select(i => i % cfg.NumClasses).ToArray();
             var started = Stopwatch.StartNew();
-            var samples = SiTSampling.Generate(model, labels, sampler, options.ModelBatch, p =>
+            var samples = generator.Generate(labels, options.Seed, generation, p =>
                 progress?.Write($"\reval: sampling {ProgressBar.Bar(p.Step, p.Steps)} step {p.Step}/{p.Steps} | ETA {ProgressBar.Eta(started.Elapsed, p.Step, p.Steps)}   "));
             progress?.WriteLine();
-            var bytes = new byte[samples.Length];
-            for (int i = 0; i < bytes.Length; i++) bytes[i] = SampleImages.ToByte(samples[i]);
+            var bytes = new byte[samples.Values.Length];
+            for (int i = 0; i < bytes.Length; i++) bytes[i] = SampleImages.ToByte(samples.Values[i]);
             var generated = EncodeBytes(bytes, labels.Length, cfg.InChannels, cfg.InputSize, cfg.InputSize, out int dim);
             fd = FrechetDistance.Compute(GaussianStats.FromFeatures(generated, dim), realStats);
         }
 
         progress?.Write("eval: hidden states for CKNNA and the linear probe ...");
-        var realHidden = PooledHidden(model, real, realIndices, pathType, streamOffset: 0, out var realLabels);
+        var probeInput = ProbeInput(generator);
+        var realHidden = PooledHidden(model, real, realIndices, probeInput, streamOffset: 0, out var realLabels);
         double cknna = Cknna.Compute(realHidden, cfg.HiddenSize, realFeatures, featureDim, options.K);
-        var probeHidden = PooledHidden(model, train, probeIndices, pathType, streamOffset: 1, out var probeLabels);
+        var probeHidden = PooledHidden(model, train, probeIndices, probeInput, streamOffset: 1, out var probeLabels);
         var probe = LinearProbe.Train(probeHidden, probeLabels, cfg.HiddenSize, Math.Max(train.NumClasses, real.NumClasses));
         double accuracy = probe.Accuracy(realHidden, realLabels);
         progress?.WriteLine(" done");
@@ -184,17 +182,31 @@ public sealed class ModelEvaluator : IDisposable
             ProbeTrainImages = probeIndices.Length,
             ProbeTime = options.ProbeTime,
             Layer = cfg.EncoderDepth,
-            Sampler = pixels ? Describe(sampler) : "none",
+            Sampler = pixels ? generator.Describe(generation) : "none",
             Seconds = sw.Elapsed.TotalSeconds,
         };
     }
 
-    /// <summary>"SDE Euler-Maruyama, 50 steps, cfg 1" and the like.</summary>
-    public static string Describe(SamplerOptions s) => FormattableString.Invariant(
-        $"{(s.Mode == SamplerMode.Sde ? "SDE Euler-Maruyama" : s.Heun ? "ODE Heun" : "ODE Euler")}, {s.Steps} steps, cfg {s.CfgScale}{(s.CfgScale > 1 ? $" on t in [{s.GuidanceLow}, {s.GuidanceHigh}]" : "")}, {s.PathType} path");
+    /// <summary>
+    /// The noisy input whose hidden states are probed, at <see cref="EvalOptions.ProbeTime"/>: on a SiT path x_t = alpha_t x
+    /// + sigma_t eps with model time t; for DDPM the step k = round(t (T - 1)) with x_k = sqrt(abar_k) x + sqrt(1 - abar_k) eps
+    /// and model time k (DiT embeds the raw step index).
+    /// </summary>
+    private (double Alpha, double Sigma, double ModelTime) ProbeInput(ImageGenerator generator)
+    {
+        if (generator.Objective == "ddpm")
+        {
+            var diffusion = Diffusion.GaussianDiffusion.Create();
+            int k = (int)Math.Round(options.ProbeTime * (diffusion.NumTimesteps - 1));
+            return (diffusion.SqrtAlphasCumprod[k], diffusion.SqrtOneMinusAlphasCumprod[k], k);
+        }
+        Objective.Interpolant(generator.PathType, options.ProbeTime, out double alpha, out double sigma, out _, out _);
+        return (alpha, sigma, options.ProbeTime);
+    }
 
     /// <summary>Mean over tokens of the residual stream after encoder_depth for x_t of the given images, null label.</summary>
-    private double[] PooledHidden(SiT model, TrainingData data, int[] indices, string pathType, ulong streamOffset, out int[] labels)
+    private double[] PooledHidden(SiT model, TrainingData data, int[] indices, (double Alpha, double Sigma, double ModelTime) input,
+        ulong streamOffset, out int[] labels)
     {
         var cfg = model.Config;
         int n = indices.Length, per = cfg.InChannels * cfg.InputSize * cfg.InputSize;
@@ -203,13 +215,12 @@ public sealed class ModelEvaluator : IDisposable
         data.FillBatch(indices, inputs, labels, options.Seed, 0);
         var noise = new double[inputs.Length];
         Philox.Normal(options.Seed, Objective.Stream(streamOffset, EvalPurpose), 0, noise);
-        Objective.Interpolant(pathType, options.ProbeTime, out double alpha, out double sigma, out _, out _);
         var xt = new double[inputs.Length];
-        for (long i = 0; i < xt.Length; i++) xt[i] = alpha * inputs[i] + sigma * noise[i];
+        for (long i = 0; i < xt.Length; i++) xt[i] = input.Alpha * inputs[i] + input.Sigma * noise[i];
         var runner = new BatchedModel(model.Backend, model.DType, [cfg.InChannels, cfg.InputSize, cfg.InputSize],
-            (x, t, y) => Ops.Mean(model.HiddenStates(x, t, y), [1]), options.ModelBatch);
+            (x, t, y) => Ops.Mean(model.HiddenStates(x, t, y), [1]), options.Generation.ModelBatch);
         var hidden = new double[(long)n * cfg.HiddenSize];
-        runner.Run(xt, options.ProbeTime, Enumerable.Repeat(cfg.NumClasses, n).ToArray(), hidden);
+        runner.Run(xt, input.ModelTime, Enumerable.Repeat(cfg.NumClasses, n).ToArray(), hidden);
         return hidden;
     }
 

@@ -76,7 +76,7 @@ public sealed class ImageGenerator : IDisposable
     public const int DefaultDdpmSteps = 250;
 
     private readonly IBackend backend;
-    private readonly bool ownsBackend;
+    private readonly bool ownsBackend, ownsModel = true;
     private readonly SiT model;
     private bool disposed;
 
@@ -95,6 +95,30 @@ public sealed class ImageGenerator : IDisposable
         EmaDecay = loaded.EmaDecay;
         DeviceNote = deviceNote;
         ClassNames = Data.ClassNames.For(loaded.DataDir, Config.NumClasses);
+    }
+
+    private ImageGenerator(SiT model, string objective, string pathType)
+    {
+        backend = model.Backend;
+        ownsBackend = false;
+        ownsModel = false;
+        this.model = model;
+        Objective = objective;
+        PathType = pathType;
+        CheckpointFile = "(in memory)";
+        EmaDecay = new Training.TrainOptions().EmaDecay;
+    }
+
+    /// <summary>
+    /// Samples a model held in memory (e.g. one being trained or evaluated) without owning it or its backend;
+    /// <paramref name="objective"/> is "sit" (then <paramref name="pathType"/> is its interpolant) or "ddpm".
+    /// </summary>
+    public static ImageGenerator ForModel(SiT model, string objective = "sit", string pathType = "linear")
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (objective is not ("sit" or "ddpm")) throw new ArgumentException($"objective must be sit or ddpm, got '{objective}'.", nameof(objective));
+        Training.Objective.Interpolant(pathType, 0.5, out _, out _, out _, out _); // rejects an unknown path in one sentence
+        return new ImageGenerator(model, objective, pathType);
     }
 
     /// <summary>
@@ -350,7 +374,7 @@ public sealed class ImageGenerator : IDisposable
     {
         if (disposed) return;
         disposed = true;
-        model.Dispose();
+        if (ownsModel) model.Dispose();
         if (ownsBackend) backend.Dispose();
     }
 }
