@@ -269,7 +269,14 @@ public sealed partial class KernelCompiler
             if (real)
             {
                 nuint size;
-                Nvrtc.Check(Nvrtc.nvrtcGetCUBINSize(program, &size));
+                try
+                {
+                    Nvrtc.Check(Nvrtc.nvrtcGetCUBINSize(program, &size));
+                }
+                catch (EntryPointNotFoundException)
+                {
+                    throw new ArgumentException($"NVRTC {NvrtcVersion.Major}.{NvrtcVersion.Minor} cannot emit cubins (11.1 and newer can); compile {file} for compute_{architecture[3..]} instead of {architecture}.", nameof(architecture));
+                }
                 cubin = new byte[(int)size];
                 fixed (byte* p = cubin) Nvrtc.Check(Nvrtc.nvrtcGetCUBIN(program, p));
             }

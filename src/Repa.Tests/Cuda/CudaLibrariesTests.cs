@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
 using NUnit.Framework;
@@ -62,6 +63,16 @@ public sealed class CudaLibrariesTests
         Assert.That(CublasStatus.NotSupported.Name(), Is.EqualTo("CUBLAS_STATUS_NOT_SUPPORTED"));
         Assert.That(NvrtcResult.Compilation.Name(), Is.EqualTo("NVRTC_ERROR_COMPILATION"));
         Assert.That(NvrtcResult.Success.Name(), Is.EqualTo("NVRTC_SUCCESS"));
+    }
+
+    /// <summary>cublasLtMatmulAlgo_t is 8 x uint64; cublasLtMatmulHeuristicResult_t adds size_t, status, float, int[4].</summary>
+    [Test]
+    public void CublasLtStructsHaveTheCLayout()
+    {
+        Assert.That(Unsafe.SizeOf<CublasLt.MatmulAlgo>(), Is.EqualTo(64));
+        Assert.That(Unsafe.SizeOf<CublasLt.HeuristicResult>(), Is.EqualTo(96));
+        Assert.That(Marshal.OffsetOf<CublasLt.HeuristicResult>(nameof(CublasLt.HeuristicResult.WorkspaceSize)), Is.EqualTo((nint)64));
+        Assert.That(Marshal.OffsetOf<CublasLt.HeuristicResult>(nameof(CublasLt.HeuristicResult.WavesCount)), Is.EqualTo((nint)76));
     }
 
     [Test]
