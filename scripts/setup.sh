@@ -9,3 +9,5 @@ fi
 dotnet restore Repa.sln --nologo -v quiet
 # The default training data (Debian's dataset-fashion-mnist); the data tests and `train` use it.
 bash scripts/install-data.sh
+# NVRTC 11.8 + ptxas (the kernel compile checks) and g++/cmake (the CUDA emulator build); no GPU needed.
+bash scripts/install-cuda-tools.sh
