@@ -20,7 +20,7 @@ public class EvalCommandTests
         TrainerTests.Data(); // ignores the fixture when Fashion-MNIST is not installed
         root = Path.Combine(Path.GetTempPath(), "repa-eval-" + Guid.NewGuid().ToString("N"));
         run = Path.Combine(root, "run");
-        var (code, _, stderr) = Cli(["train", "--config", "SiT-T/4", "--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0",
+        var (code, _, stderr) = CliRun.Run(["train", "--config", "SiT-T/4", "--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0",
             "--lr", "1e-3", "--out", run, "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
     }
@@ -31,21 +31,13 @@ public class EvalCommandTests
         if (Directory.Exists(root)) Directory.Delete(root, true);
     }
 
-    private static (int Code, string Stdout, string Stderr) Cli(string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Repa.Runtime.Cli.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
-
     private static JsonElement Report(string file) => JsonDocument.Parse(File.ReadAllText(file)).RootElement.GetProperty("report");
 
     [Test]
     public void EvalWritesAReproducibleReport()
     {
         string first = Path.Combine(root, "a.json"), second = Path.Combine(root, "b.json");
-        var (code, stdout, stderr) = Cli(["eval", "--checkpoint", run, "--weights", "raw", "--out", first, .. Tiny]);
+        var (code, stdout, stderr) = CliRun.Run(["eval", "--checkpoint", run, "--weights", "raw", "--out", first, .. Tiny]);
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("eval: FD ").And.Contain("CKNNA").And.Contain("linear probe"));
         Assert.That(stdout, Does.Contain("held-out test split"), "Fashion-MNIST's t10k images are the real set");
@@ -60,7 +52,7 @@ public class EvalCommandTests
         Assert.That(r.GetProperty("layer").GetInt32(), Is.EqualTo(2), "SiT-T's encoder_depth");
         Assert.That(r.GetProperty("fd_encoder").GetString(), Does.Contain("ResNet-18"));
 
-        Assert.That(Cli(["eval", "--checkpoint", run, "--weights", "raw", "--out", second, .. Tiny]).Code, Is.EqualTo(0));
+        Assert.That(CliRun.Run(["eval", "--checkpoint", run, "--weights", "raw", "--out", second, .. Tiny]).Code, Is.EqualTo(0));
         var again = Report(second);
         foreach (var name in new[] { "fd", "cknna", "probe_accuracy" })
             Assert.That(again.GetProperty(name).GetDouble(), Is.EqualTo(r.GetProperty(name).GetDouble()), name);
@@ -69,7 +61,7 @@ public class EvalCommandTests
     [Test]
     public void EvalDefaultsToTheRunFolder()
     {
-        var (code, _, stderr) = Cli(["eval", "--checkpoint", Path.Combine(run, "checkpoint.safetensors"), .. Tiny]);
+        var (code, _, stderr) = CliRun.Run(["eval", "--checkpoint", Path.Combine(run, "checkpoint.safetensors"), .. Tiny]);
         Assert.That(code, Is.EqualTo(0), stderr);
         var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, EvalCommand.ReportFile))).RootElement;
         Assert.That(doc.GetProperty("weights").GetString(), Is.EqualTo("raw"), "auto: after 2 steps the EMA is still the initial model");
@@ -81,11 +73,11 @@ public class EvalCommandTests
     public void EvalCoversDdpmCheckpoints()
     {
         string dit = Path.Combine(root, "dit");
-        var (code, _, stderr) = Cli(["train", "--config", "DiT-T/4", "--objective", "ddpm", "--steps", "2", "--batch", "4", "--encoder", "none",
+        var (code, _, stderr) = CliRun.Run(["train", "--config", "DiT-T/4", "--objective", "ddpm", "--steps", "2", "--batch", "4", "--encoder", "none",
             "--proj-coeff", "0", "--out", dit, "--sample-grid", "false", "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         string file = Path.Combine(dit, "eval-ddim.json");
-        (code, _, stderr) = Cli(["eval", "--checkpoint", dit, "--mode", "ddim", "--out", file, .. Tiny]);
+        (code, _, stderr) = CliRun.Run(["eval", "--checkpoint", dit, "--mode", "ddim", "--out", file, .. Tiny]);
         Assert.That(code, Is.EqualTo(0), stderr);
         var doc = JsonDocument.Parse(File.ReadAllText(file)).RootElement;
         Assert.That(doc.GetProperty("objective").GetString(), Is.EqualTo("ddpm"));
@@ -94,7 +86,7 @@ public class EvalCommandTests
         Assert.That(r.GetProperty("fd").GetDouble(), Is.GreaterThan(0));
         Assert.That(r.GetProperty("probe_accuracy").GetDouble(), Is.InRange(0.0, 1.0));
         // A SiT sampler on a DDPM checkpoint is one sentence.
-        (code, _, stderr) = Cli(["eval", "--checkpoint", dit, "--mode", "sde", .. Tiny]);
+        (code, _, stderr) = CliRun.Run(["eval", "--checkpoint", dit, "--mode", "sde", .. Tiny]);
         Assert.That(code, Is.EqualTo(2));
         Assert.That(stderr, Does.StartWith("error: ").And.Contain("--mode sde"));
     }
@@ -113,7 +105,7 @@ public class EvalCommandTests
     [TestCaseSource(nameof(BadEval))]
     public void BadInputEndsInOneSentence(string[] args, string message)
     {
-        var (code, _, stderr) = Cli([.. args.Select(a => a == "RUN" ? run : a)]);
+        var (code, _, stderr) = CliRun.Run([.. args.Select(a => a == "RUN" ? run : a)]);
         Assert.That(code, Is.EqualTo(2));
         Assert.That(stderr.Trim(), Does.StartWith("error: ").And.Contain(message));
         Assert.That(stderr.Trim().Split('\n'), Has.Length.EqualTo(1), "one sentence, no stack trace");
@@ -123,7 +115,7 @@ public class EvalCommandTests
     public void StudyTrainsBothArmsOnTheSameDrawsAndWritesTableAndPlot()
     {
         string folder = Path.Combine(root, "study");
-        var (code, stdout, stderr) = Cli(["study", "--config", "SiT-T/4", "--steps", "2", "--eval-every", "1", "--batch", "4", "--out", folder, .. Tiny]);
+        var (code, stdout, stderr) = CliRun.Run(["study", "--config", "SiT-T/4", "--steps", "2", "--eval-every", "1", "--batch", "4", "--out", folder, .. Tiny]);
         Assert.That(code, Is.EqualTo(0), stderr);
         string table = File.ReadAllText(Path.Combine(folder, "study.md"));
         foreach (var row in new[] { "| 1 | SiT |", "| 1 | SiT + REPA |", "| 2 | SiT |", "| 2 | SiT + REPA |" })

@@ -24,7 +24,7 @@ public class SampleCommandTests
         TrainerTests.Data(); // ignores the fixture when Fashion-MNIST is not installed
         root = Path.Combine(Path.GetTempPath(), "repa-sample-" + Guid.NewGuid().ToString("N"));
         run = Path.Combine(root, "run");
-        var (code, _, stderr) = Cli(["train", "--config", "SiT-T/2", "--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0",
+        var (code, _, stderr) = CliRun.Run(["train", "--config", "SiT-T/2", "--steps", "2", "--batch", "4", "--encoder", "none", "--proj-coeff", "0",
             "--lr", "1e-3", "--out", run, "--threads", "2", "--sample-grid", "false"]);
         Assert.That(code, Is.EqualTo(0), stderr);
     }
@@ -33,14 +33,6 @@ public class SampleCommandTests
     public void Clean()
     {
         if (Directory.Exists(root)) Directory.Delete(root, true);
-    }
-
-    private static (int Code, string Stdout, string Stderr) Cli(string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Repa.Runtime.Cli.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
     }
 
     /// <summary>
@@ -89,7 +81,7 @@ public class SampleCommandTests
     public void SdeSamplesFillTheLabelledGridAndTheNpz()
     {
         string output = Path.Combine(root, "sde");
-        var (code, stdout, stderr) = Cli(["sample", "--checkpoint", run, "--labels", "0,3,7", "--per-class", "2", "--steps", "3", "--seed", "4",
+        var (code, stdout, stderr) = CliRun.Run(["sample", "--checkpoint", run, "--labels", "0,3,7", "--per-class", "2", "--steps", "3", "--seed", "4",
             "--batch", "4", "--out", output, "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         string png = Path.Combine(output, "samples.png"), npz = Path.Combine(output, "samples.npz");
@@ -119,7 +111,7 @@ public class SampleCommandTests
     [Test]
     public void GuidedHeunEmaSamplesGoBesideTheCheckpointByDefault()
     {
-        var (code, stdout, stderr) = Cli(["sample", "--checkpoint", Path.Combine(run, "checkpoint.safetensors"), "--labels", "5", "--per-class", "3",
+        var (code, stdout, stderr) = CliRun.Run(["sample", "--checkpoint", Path.Combine(run, "checkpoint.safetensors"), "--labels", "5", "--per-class", "3",
             "--mode", "ode", "--heun", "--steps", "3", "--cfg", "2.5", "--guidance-high", "0.7", "--weights", "ema", "--device", "cpu", "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("EMA weights of step 2").And.Contain("ODE Heun 3 steps, cfg 2.5 for t in [0, 0.7]")
@@ -135,7 +127,7 @@ public class SampleCommandTests
     {
         // The run's config.json records data_dir = /usr/share/datasets/fashion-mnist: rows carry the class names.
         string output = Path.Combine(root, "names");
-        var (code, stdout, stderr) = Cli(["sample", "--checkpoint", run, "--per-class", "1", "--steps", "2", "--mode", "ode", "--weights", "raw",
+        var (code, stdout, stderr) = CliRun.Run(["sample", "--checkpoint", run, "--per-class", "1", "--steps", "2", "--mode", "ode", "--weights", "raw",
             "--out", output, "--threads", "2"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("raw weights of step 2").And.Not.Contain("note:"), "forced raw weights need no note");
@@ -157,18 +149,18 @@ public class SampleCommandTests
     [Test]
     public void BadCheckpointsAreOneSentence()
     {
-        AssertOneSentence(Cli(["sample", "--checkpoint", Path.Combine(root, "nowhere")]), "does not exist");
+        AssertOneSentence(CliRun.Run(["sample", "--checkpoint", Path.Combine(root, "nowhere")]), "does not exist");
 
         string garbage = Path.Combine(root, "garbage");
         Directory.CreateDirectory(garbage);
         File.Copy(Path.Combine(run, "config.json"), Path.Combine(garbage, "config.json"));
         File.WriteAllText(Path.Combine(garbage, "checkpoint.safetensors"), "this is not a checkpoint");
-        AssertOneSentence(Cli(["sample", "--checkpoint", garbage]), Path.Combine(garbage, "checkpoint.safetensors"));
+        AssertOneSentence(CliRun.Run(["sample", "--checkpoint", garbage]), Path.Combine(garbage, "checkpoint.safetensors"));
 
         string noConfig = Path.Combine(root, "noconfig");
         Directory.CreateDirectory(noConfig);
         File.Copy(Path.Combine(run, "checkpoint.safetensors"), Path.Combine(noConfig, "checkpoint.safetensors"));
-        AssertOneSentence(Cli(["sample", "--checkpoint", noConfig]), "config.json");
+        AssertOneSentence(CliRun.Run(["sample", "--checkpoint", noConfig]), "config.json");
 
         string noEma = Path.Combine(root, "noema");
         Directory.CreateDirectory(noEma);
@@ -179,9 +171,9 @@ public class SampleCommandTests
             var plain = state.Tensors.Where(kv => !kv.Key.StartsWith(Ema.Prefix)).Select(kv => (kv.Key, kv.Value)).ToList();
             SafeTensors.Write(Path.Combine(noEma, "checkpoint.safetensors"), plain);
         }
-        AssertOneSentence(Cli(["sample", "--checkpoint", noEma, "--weights", "ema"]), "has no EMA weights");
+        AssertOneSentence(CliRun.Run(["sample", "--checkpoint", noEma, "--weights", "ema"]), "has no EMA weights");
         // auto takes the raw weights of such a checkpoint and says so.
-        var (code, stdout, stderr) = Cli(["sample", "--checkpoint", noEma, "--per-class", "1", "--labels", "2", "--steps", "1", "--threads", "1"]);
+        var (code, stdout, stderr) = CliRun.Run(["sample", "--checkpoint", noEma, "--per-class", "1", "--labels", "2", "--steps", "1", "--threads", "1"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain($"note: checkpoint '{Path.Combine(noEma, "checkpoint.safetensors")}' holds no EMA weights; sampling its raw weights.")
             .And.Contain("(raw weights, linear path)"), "its metadata has no step");
@@ -206,19 +198,19 @@ public class SampleCommandTests
     [TestCase(new[] { "--weights", "best" }, "--weights must be one of auto, ema, raw")]
     public void BadFlagsAreOneSentence(string[] flags, string message)
     {
-        AssertOneSentence(Cli(["sample", "--checkpoint", run, .. flags]), message);
+        AssertOneSentence(CliRun.Run(["sample", "--checkpoint", run, .. flags]), message);
     }
 
     [Test]
     public void MissingCheckpointFlagIsOneSentence()
     {
-        AssertOneSentence(Cli(["sample", "--steps", "3"]), "sample needs --checkpoint");
+        AssertOneSentence(CliRun.Run(["sample", "--steps", "3"]), "sample needs --checkpoint");
     }
 
     [Test]
     public void HelpListsTheSampleFlags()
     {
-        var (code, stdout, _) = Cli(["--help"]);
+        var (code, stdout, _) = CliRun.Run(["--help"]);
         Assert.That(code, Is.EqualTo(0));
         foreach (var flag in new[] { "--checkpoint", "--labels", "--per-class", "--unconditional", "--mode", "--steps", "--heun", "--cfg",
                      "--guidance-low", "--guidance-high", "--seed", "--batch", "--out", "--weights", "--device", "ddim", "min(3, C) eps channels",
@@ -251,7 +243,7 @@ public class SampleCommandTests
         };
         File.WriteAllText(Path.Combine(folder, "config.json"), JsonSerializer.Serialize(json));
 
-        var (code, stdout, stderr) = Cli(["sample", "--checkpoint", folder, "--unconditional", "--per-class", "2", "--steps", "2", "--threads", "1"]);
+        var (code, stdout, stderr) = CliRun.Run(["sample", "--checkpoint", folder, "--unconditional", "--per-class", "2", "--steps", "2", "--threads", "1"]);
         Assert.That(code, Is.EqualTo(0), stderr);
         string last = stdout.TrimEnd().Split('\n')[^1];
         Assert.That(last, Does.StartWith("sample: 20 samples in ").And.Contain("samples.safetensors")

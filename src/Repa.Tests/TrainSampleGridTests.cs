@@ -42,19 +42,11 @@ public class TrainSampleGridTests
         return folder;
     }
 
-    private static (int Code, string Stdout, string Stderr) Cli(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Repa.Runtime.Cli.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
-
     [Test]
     public void TrainingEndsWithEightSamplesOfEveryClassFromTheAutoWeights()
     {
         string run = Path.Combine(root, "run");
-        var (code, stdout, stderr) = Cli("train", "--data", Dataset(labelled: true), "--encoder", "none", "--proj-coeff", "0", "--steps", "2",
+        var (code, stdout, stderr) = CliRun.Run("train", "--data", Dataset(labelled: true), "--encoder", "none", "--proj-coeff", "0", "--steps", "2",
             "--batch", "4", "--lr", "1e-3", "--seed", "3", "--out", run, "--threads", "2");
         Assert.That(code, Is.EqualTo(0), stderr);
         var lines = stdout.Split('\n').Select(l => l.TrimEnd('\r')).ToList();
@@ -89,7 +81,7 @@ public class TrainSampleGridTests
     {
         string run = Path.Combine(root, "dit");
         string data = Dataset(labelled: false);
-        var (code, stdout, stderr) = Cli("train", "--data", data, "--config", "DiT-T/2", "--objective", "ddpm", "--encoder", "none",
+        var (code, stdout, stderr) = CliRun.Run("train", "--data", data, "--config", "DiT-T/2", "--objective", "ddpm", "--encoder", "none",
             "--proj-coeff", "0", "--steps", "1", "--batch", "2", "--out", run, "--threads", "2");
         Assert.That(code, Is.EqualTo(0), stderr);
         string where = stdout.Split('\n').Single(l => l.StartsWith("samples: ", StringComparison.Ordinal));
@@ -100,13 +92,13 @@ public class TrainSampleGridTests
         Assert.That(ImageGeneratorTests.ReadNpz(Path.Combine(run, "samples.npz"))["arr_0"].Data, Is.EqualTo(expected.ToImages()));
 
         string skipped = Path.Combine(root, "skipped");
-        (code, stdout, stderr) = Cli("train", "--data", data, "--encoder", "none", "--proj-coeff", "0", "--steps", "1", "--batch", "2",
+        (code, stdout, stderr) = CliRun.Run("train", "--data", data, "--encoder", "none", "--proj-coeff", "0", "--steps", "1", "--batch", "2",
             "--out", skipped, "--threads", "2", "--sample-grid", "false");
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Not.Contain("samples: "));
         Assert.That(File.Exists(Path.Combine(skipped, "checkpoint.safetensors")), Is.True);
         Assert.That(File.Exists(Path.Combine(skipped, "samples.png")) || File.Exists(Path.Combine(skipped, "samples.npz")), Is.False);
-        (code, _, stderr) = Cli("train", "--data", data, "--sample-grid", "maybe");
+        (code, _, stderr) = CliRun.Run("train", "--data", data, "--sample-grid", "maybe");
         Assert.That((code, stderr.Trim()), Is.EqualTo((2, "error: --sample-grid must be one of true, false, got 'maybe'.")));
     }
 }

@@ -80,14 +80,6 @@ public class TrainingDataTests
         return root;
     }
 
-    private static (int code, string stdout, string stderr) Cli(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Repa.Runtime.Cli.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
-
     // ---- the REPA latent layout ----
 
     [Test]
@@ -165,7 +157,7 @@ public class TrainingDataTests
         Assert.That(TrainingData.Open(root, LatentSide).Size, Is.EqualTo(LatentSide));
         var e = Assert.Throws<ArgumentException>(() => TrainingData.Open(root, 32))!;
         Assert.That(e.Message, Does.Contain("--image-size 32").And.Contain("4x4x4").And.Contain("pass 4"));
-        var (code, _, stderr) = Cli("train", "--data", root, "--image-size", "32", "--encoder", "none", "--proj-coeff", "0");
+        var (code, _, stderr) = CliRun.Run("train", "--data", root, "--image-size", "32", "--encoder", "none", "--proj-coeff", "0");
         Assert.That(code, Is.EqualTo(2));
         Assert.That(stderr.Trim().Split('\n'), Has.Length.EqualTo(1));
         Assert.That(stderr, Does.Contain("--image-size 32 contradicts"));
@@ -331,7 +323,7 @@ public class TrainingDataTests
     {
         MakeRepaFolder();
         string run = Path.Combine(root, "run");
-        var (code, stdout, stderr) = Cli("train", "--data", root, "--encoder", "none", "--proj-coeff", "0", "--steps", "2", "--batch", "4",
+        var (code, stdout, stderr) = CliRun.Run("train", "--data", root, "--encoder", "none", "--proj-coeff", "0", "--steps", "2", "--batch", "4",
             "--out", run, "--threads", "2");
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("REPA folder").And.Contain("done: 2 steps"));
@@ -342,7 +334,7 @@ public class TrainingDataTests
             Assert.That(config.RootElement.GetProperty("num_classes").GetInt32(), Is.EqualTo(6));
         }
 
-        (code, stdout, stderr) = Cli("train", "--data", root, "--steps", "2", "--batch", "4", "--out", Path.Combine(root, "repa"),
+        (code, stdout, stderr) = CliRun.Run("train", "--data", root, "--steps", "2", "--batch", "4", "--out", Path.Combine(root, "repa"),
             "--cache-dir", Path.Combine(root, "cache"), "--threads", "2");
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("targets: ResNet-18").And.Contain("done: 2 steps"));
@@ -401,7 +393,7 @@ public class TrainingDataTests
         if (!File.Exists(Path.Combine(folder, "train-images-idx3-ubyte")))
             Assert.Ignore($"MNIST is not in {folder}; scripts/install-data.sh puts it there when npm is available.");
         string run = Path.Combine(root, "mnist");
-        var (code, stdout, stderr) = Cli("train", "--data", folder, "--encoder", "none", "--proj-coeff", "0", "--steps", "2", "--batch", "4",
+        var (code, stdout, stderr) = CliRun.Run("train", "--data", folder, "--encoder", "none", "--proj-coeff", "0", "--steps", "2", "--batch", "4",
             "--out", run, "--threads", "2", "--sample-grid", "false");
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("60000 grey 28x28 images centred on a black 32x32 square, 10 classes").And.Contain("done: 2 steps"));
@@ -482,7 +474,7 @@ public class TrainingDataTests
     public void FoldersThatHoldNoDatasetAreNamed()
     {
         ExpectError<InvalidDataException>($"'{root}' holds no dataset");
-        var (code, _, stderr) = Cli("train", "--data", Path.Combine(root, "nowhere"), "--encoder", "none", "--proj-coeff", "0");
+        var (code, _, stderr) = CliRun.Run("train", "--data", Path.Combine(root, "nowhere"), "--encoder", "none", "--proj-coeff", "0");
         Assert.That(code, Is.EqualTo(2));
         Assert.That(stderr, Does.Contain($"dataset folder '{Path.Combine(root, "nowhere")}' does not exist"));
         File.WriteAllText(Path.Combine(root, "dataset.json"), "{\"labels\": [[\"a.png\", 1.5]]}");
