@@ -403,8 +403,34 @@ static inline int __mulhi(int a, int b) { return static_cast<int>((static_cast<l
 static inline unsigned __umulhi(unsigned a, unsigned b) {
   return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
 }
+// Cache-hinted loads and stores are plain accesses here.
 template <class T>
 static inline T __ldg(const T* p) { return *p; }
+template <class T>
+static inline T __ldca(const T* p) { return *p; }
+template <class T>
+static inline T __ldcg(const T* p) { return *p; }
+template <class T>
+static inline T __ldcs(const T* p) { return *p; }
+template <class T>
+static inline T __ldlu(const T* p) { return *p; }
+template <class T>
+static inline T __ldcv(const T* p) { return *p; }
+template <class T>
+static inline void __stwb(T* p, T v) { *p = v; }
+template <class T>
+static inline void __stcg(T* p, T v) { *p = v; }
+template <class T>
+static inline void __stcs(T* p, T v) { *p = v; }
+template <class T>
+static inline void __stwt(T* p, T v) { *p = v; }
+
+// CUDA's classification functions and abs overloads are in the global namespace.
+using std::abs;
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::signbit;
 
 // min/max overloads of CUDA's math_functions (the host's <cmath> has fminf/fmaxf but no min/max in ::).
 #define REPA_EMU_MINMAX(T)                                                                                              \

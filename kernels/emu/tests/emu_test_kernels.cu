@@ -219,6 +219,24 @@ extern "C" __global__ void emu_test_softmax(const float* __restrict__ x, float* 
 }
 EMU_TEST_KERNEL(emu_test_softmax);
 
+// Math built-ins, 8 results per element: __expf(x), __logf(|x| + 1), rsqrtf(x^2 + 1), tanhf(x), __fdividef(x, 3),
+// __float2int_rn(4x) (ties to even; 0 unless finite), __saturatef(x), isnan(x) + 2 signbit(x).
+extern "C" __global__ void emu_test_math(const float* __restrict__ x, float* __restrict__ y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float v = x[i];
+  float* o = y + 8 * i;
+  o[0] = __expf(v);
+  o[1] = __logf(fabsf(v) + 1.0f);
+  o[2] = rsqrtf(v * v + 1.0f);
+  o[3] = tanhf(v);
+  o[4] = __fdividef(v, 3.0f);
+  o[5] = isfinite(v) ? (float)__float2int_rn(4.0f * v) : 0.0f;
+  o[6] = __saturatef(v);
+  o[7] = (float)((isnan(v) ? 1 : 0) + (signbit(v) ? 2 : 0));
+}
+EMU_TEST_KERNEL(emu_test_math);
+
 // Deliberately broken: threads with threadIdx.x >= half return before the barrier the others wait at. On a GPU this
 // is undefined (it may hang); the emulator reports it as a deadlock.
 extern "C" __global__ void emu_test_deadlock(float* __restrict__ out, int half) {

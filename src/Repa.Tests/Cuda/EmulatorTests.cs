@@ -48,6 +48,7 @@ public sealed unsafe class EmulatorTests
         .visible .entry emu_test_grid3d(.param .u64 p0) { ret; }
         .visible .entry emu_test_sync_votes(.param .u64 p0, .param .u64 p1) { ret; }
         .visible .entry emu_test_softmax(.param .u64 p0, .param .u64 p1, .param .u32 p2) { ret; }
+        .visible .entry emu_test_math(.param .u64 p0, .param .u64 p1, .param .u32 p2) { ret; }
         .visible .entry emu_test_deadlock(.param .u64 p0, .param .u32 p1) { ret; }
         .visible .entry emu_test_divergent_collectives(.param .u64 p0) { ret; }
         .visible .entry emu_test_trap(.param .u64 p0, .param .u32 p1, .param .u32 p2) { ret; }
@@ -400,6 +401,29 @@ public sealed unsafe class EmulatorTests
     }
 
     [Test]
+    public void MathBuiltInsMatchTheirDefinitions()
+    {
+        var x = new[] { 0f, -0f, 0.625f, -0.625f, 0.375f, 1.5f, -3.25f, 9.5f, 0.2f, -0.7f, float.NaN, float.PositiveInfinity };
+        var a = Upload<float>(x);
+        var b = Alloc(x.Length * 8 * 4);
+        Launch("emu_test_math", (1, 1, 1), (32, 1, 1), 0, a, b, x.Length);
+        var y = Download<float>(b, x.Length * 8);
+        for (var i = 0; i < x.Length; i++)
+        {
+            double v = x[i];
+            var expected = new[]
+            {
+                Math.Exp(v), Math.Log(Math.Abs(v) + 1), 1 / Math.Sqrt(v * v + 1), Math.Tanh(v), v / 3,
+                double.IsFinite(v) ? Math.Round(4 * v, MidpointRounding.ToEven) : 0, double.IsNaN(v) ? 0 : Math.Clamp(v, 0, 1),
+                (double.IsNaN(v) ? 1 : 0) + (double.IsNegative(v) ? 2 : 0),
+            };
+            for (var k = 0; k < 8; k++)
+                Assert.That(y[8 * i + k], Is.EqualTo(expected[k]).Within(double.IsFinite(expected[k]) ? 2e-7 * Math.Abs(expected[k]) : 0),
+                    $"x = {x[i]}, result {k}");
+        }
+    }
+
+    [Test]
     public void DeadlockedBlocksFailTheLaunchInsteadOfHanging()
     {
         var o = Alloc(64 * 4);
@@ -578,7 +602,7 @@ public sealed unsafe class EmulatorTests
         var (exitCode, output) = RunSelfTest("--nvrtc", source);
         if (exitCode == 77) Assert.Ignore("NVRTC is not installed here (scripts/setup.sh installs it): " + output.Trim());
         Assert.That(exitCode, Is.EqualTo(0), output);
-        Assert.That(output, Does.Contain("14 test kernels resolved"));
+        Assert.That(output, Does.Contain("15 test kernels resolved"));
     }
 
     // ---- helpers ---------------------------------------------------------------------------------------------------
