@@ -122,18 +122,22 @@ void run_tile(const Gemm& g, int batch, int i0, int j0, std::vector<float>& pa, 
     pa.resize(static_cast<std::size_t>(rows) * k);
     pb.resize(static_cast<std::size_t>(cols) * k);
     // op(A)(i, p) = A[i + p lda] (N) or A[p + i lda] (T); op(B)(p, j) = B[p + j ldb] (N) or B[j + p ldb] (T).
-    for (int i = 0; i < rows; ++i)
-      for (int p = 0; p < k; ++p) {
-        const std::size_t index = g.trans_a ? static_cast<std::size_t>(p) + static_cast<std::size_t>(i0 + i) * g.lda
-                                            : static_cast<std::size_t>(i0 + i) + static_cast<std::size_t>(p) * g.lda;
-        pa[static_cast<std::size_t>(i) * k + p] = load(a, index, g.a_type);
-      }
-    for (int j = 0; j < cols; ++j)
-      for (int p = 0; p < k; ++p) {
-        const std::size_t index = g.trans_b ? static_cast<std::size_t>(j0 + j) + static_cast<std::size_t>(p) * g.ldb
-                                            : static_cast<std::size_t>(p) + static_cast<std::size_t>(j0 + j) * g.ldb;
-        pb[static_cast<std::size_t>(j) * k + p] = load(b, index, g.b_type);
-      }
+    // The loops run along the source's contiguous dimension.
+    auto at = [](std::size_t r, std::size_t c, int ld) { return r + c * static_cast<std::size_t>(ld); };
+    if (g.trans_a) {
+      for (int i = 0; i < rows; ++i)
+        for (int p = 0; p < k; ++p) pa[static_cast<std::size_t>(i) * k + p] = load(a, at(p, i0 + i, g.lda), g.a_type);
+    } else {
+      for (int p = 0; p < k; ++p)
+        for (int i = 0; i < rows; ++i) pa[static_cast<std::size_t>(i) * k + p] = load(a, at(i0 + i, p, g.lda), g.a_type);
+    }
+    if (g.trans_b) {
+      for (int p = 0; p < k; ++p)
+        for (int j = 0; j < cols; ++j) pb[static_cast<std::size_t>(j) * k + p] = load(b, at(j0 + j, p, g.ldb), g.b_type);
+    } else {
+      for (int j = 0; j < cols; ++j)
+        for (int p = 0; p < k; ++p) pb[static_cast<std::size_t>(j) * k + p] = load(b, at(p, j0 + j, g.ldb), g.b_type);
+    }
   }
   auto write = [&](int i, int j, float product) {
     const std::size_t index = static_cast<std::size_t>(i0 + i) + static_cast<std::size_t>(j0 + j) * g.ldc;
