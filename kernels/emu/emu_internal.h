@@ -1,0 +1,47 @@
+// Internals shared by the emulator's runtime files (not seen by kernels).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "cuda_emu.h"
+#include "emu_api.h"
+
+#undef assert  // the runtime's own code is host code
+
+namespace repa_emu {
+
+// The calling thread's last error message (repaEmuLastError) and the helper that records one.
+std::string& last_error();
+inline CUresult fail(CUresult code, std::string message) {
+  last_error() = std::move(message);
+  return code;
+}
+
+// Kernels compiled into the library (REPA_EMU_REGISTER at load time).
+const detail::KernelInfo* find_kernel(const std::string& name);
+int kernel_count();
+const detail::KernelInfo* kernel_at(int index);
+// Names registered twice with different code (two .cu files defining the same extern "C" kernel): "" when none.
+std::string duplicate_kernels();
+
+// The fixed pool of OS threads that runs blocks and GEMM tiles. run() hands out items [0, count) to the workers and
+// returns when all are done or a body returned false; calls are serialised (the device runs one thing at a time).
+int worker_count();
+void parallel_for(std::size_t count, const std::function<bool(std::size_t item, int worker)>& body);
+
+struct GridLaunch {
+  const detail::KernelInfo* kernel;
+  uint3 grid;
+  uint3 block;
+  unsigned shared_bytes;
+  void** params;
+};
+// Runs every block of the grid; returns CUDA_SUCCESS or the failure (deadlock, trap) with its message in `message`.
+CUresult run_grid(const GridLaunch& launch, std::string& message);
+
+// Device memory bookkeeping (emu_runtime.cpp): whether [pointer, pointer + bytes) lies inside one live allocation.
+bool is_device_range(const void* pointer, std::size_t bytes);
+
+}  // namespace repa_emu
