@@ -47,8 +47,9 @@ public static class Cli
                      "grad.<state_dict name>" of every trainable parameter (no class dropout, nothing random).
 
         TRAIN OPTIONS
-          --config NAME        model preset: SiT-T/2 (default, small CPU model), SiT-S/2 ... SiT-XL/8, DiT-T/2 ... DiT-XL/8.
-          --steps N            optimisation steps (default 200).
+          --config NAME        model preset: SiT-T/4 (default: the small CPU model with 4x4 patches), SiT-T/2, SiT-S/2 ...
+                               SiT-XL/8, DiT-T/2 ... DiT-XL/8.
+          --steps N            optimisation steps (default 1000).
           --batch N            images per step (default 32).
           --grad-accum N       split each step's batch into N micro-batches, accumulating gradients (default 1).
           --lr X               AdamW learning rate (default 1e-4; betas 0.9/0.999, eps 1e-8, no weight decay).

@@ -15,11 +15,11 @@ internal static class TrainCommand
 
     public static int Run(Options o, TextWriter stdout)
     {
-        string model = o.String("--config", "SiT-T/2", [.. SiTConfig.PresetNames]);
+        string model = o.String("--config", "SiT-T/4", [.. SiTConfig.PresetNames]);
         var options = new TrainOptions
         {
             Model = model,
-            Steps = o.Int("--steps", 200, min: 1),
+            Steps = o.Int("--steps", 1000, min: 1),
             Batch = o.Int("--batch", 32, min: 1),
             LearningRate = o.Double("--lr", 1e-4, min: 0),
             Seed = (ulong)o.Int("--seed", 0, min: 0),

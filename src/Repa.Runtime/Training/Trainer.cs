@@ -22,8 +22,8 @@ public interface ITargetProvider
 /// <summary>What a run trains and how (the `train` command's flags, REPA train.py names in the saved config).</summary>
 public sealed record TrainOptions
 {
-    public string Model { get; init; } = "SiT-T/2";
-    public int Steps { get; init; } = 200;
+    public string Model { get; init; } = "SiT-T/4";
+    public int Steps { get; init; } = 1000;
     public int Batch { get; init; } = 32;
     public double LearningRate { get; init; } = 1e-4;
     public ulong Seed { get; init; }
