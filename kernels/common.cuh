@@ -165,6 +165,27 @@ REPA_DEVICE float block_max(float v, float* scratch)
     return v;
 }
 
+/// Butterfly sum over the 32 lanes of a warp in fp64 (per-sample losses and the gradient norm accumulate in fp64).
+REPA_DEVICE double warp_sum_double(double v)
+{
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(full_warp, v, offset);
+    return v;
+}
+
+/// fp64 sum over all threads of a block; same contract as block_sum, scratch: __shared__ double[32].
+REPA_DEVICE double block_sum_double(double v, double* scratch)
+{
+    int thread = threadIdx.y * blockDim.x + threadIdx.x;
+    int warps = (blockDim.x * blockDim.y) >> 5;
+    v = warp_sum_double(v);
+    if ((thread & 31) == 0) scratch[thread >> 5] = v;
+    __syncthreads();
+    v = (thread & 31) < warps ? scratch[thread & 31] : 0.0;
+    v = warp_sum_double(v);
+    __syncthreads();
+    return v;
+}
+
 // ---- indexing ------------------------------------------------------------------------------------------------------
 
 /// First element of this thread in a grid-stride loop over 64-bit element counts.

@@ -63,7 +63,7 @@ public sealed class NvrtcTests
             Assert.That(kernel.Ptx, Does.Contain($".target sm_{architecture[^2..]}"));
             string source = KernelCompiler.ReadSource(file);
             var registered = Regex.Matches(source, @"^REPA_KERNEL\((\w+)\);", RegexOptions.Multiline).Select(m => m.Groups[1].Value);
-            var global = Regex.Matches(source, @"extern ""C"" __global__ void (\w+)\(").Select(m => m.Groups[1].Value);
+            var global = Regex.Matches(source, @"extern ""C"" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(").Select(m => m.Groups[1].Value);
             Assert.That(kernel.EntryPoints, Is.Not.Empty, file);
             Assert.That(kernel.EntryPoints, Is.EquivalentTo(registered), $"{file}: every kernel is followed by REPA_KERNEL(name);");
             Assert.That(kernel.EntryPoints, Is.EquivalentTo(global), $"{file}: every kernel is extern \"C\" __global__ (unmangled)");
