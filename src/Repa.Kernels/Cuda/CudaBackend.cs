@@ -95,8 +95,8 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <summary>
     /// Opens CUDA device <paramref name="deviceIndex"/> through the NVIDIA driver (libcuda.so.1) and cuBLAS.
     /// </summary>
-    /// <exception cref="NotSupportedException">No driver, no device, or a device older than compute capability 8.0;
-    /// the message is one sentence saying which.</exception>
+    /// <exception cref="NotSupportedException">No driver, cuBLAS or NVRTC, no device, or a device older than compute
+    /// capability 8.0; the message is one sentence saying which.</exception>
     /// <exception cref="InvalidOperationException">This process already bound the CUDA library names to the emulator.</exception>
     public static CudaBackend Create(int deviceIndex = 0)
     {
@@ -123,6 +123,17 @@ public sealed unsafe partial class CudaBackend : IBackend
 
     private static CudaBackend Open(int deviceIndex)
     {
+        // Fail here, in one sentence, rather than at the first GEMM or kernel.
+        if (!CudaLibraries.TryLoad(CudaLibraries.Cublas, out _, out string missing))
+            throw new NotSupportedException($"CUDA is unavailable: {missing}.");
+        try
+        {
+            _ = KernelCompiler.NvrtcVersion;
+        }
+        catch (DllNotFoundException e)
+        {
+            throw new NotSupportedException($"CUDA is unavailable: {e.Message}", e);
+        }
         try
         {
             return new CudaBackend(deviceIndex);
@@ -387,6 +398,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <summary>The CUfunction <paramref name="name"/> of kernels/<paramref name="file"/>, loading the module on first use.</summary>
     internal nint Function(string file, string name)
     {
+        Enter(); // loading a module needs the context current on this thread
         lock (gate)
         {
             if (functions.TryGetValue(name, out nint function)) return function;

@@ -226,6 +226,26 @@ public abstract class CudaBackendTests
         Assert.Throws<ObjectDisposedException>(() => _ = ((CudaBuffer)second).Pointer);
     }
 
+    /// <summary>CUDA contexts are current per thread: every call makes the backend's current where it runs.</summary>
+    [Test]
+    public void WorksFromAnyThread()
+    {
+        using var buffer = Cuda.Allocate(DType.F32, 300);
+        var result = new float[300];
+        var worker = new Thread(() =>
+        {
+            Cuda.Fill(buffer, 0, 300, 2);
+            Cuda.ActivationForward(Activation.Silu, buffer, buffer, 300);
+            Cuda.Download<float>(buffer, result);
+        });
+        worker.Start();
+        worker.Join();
+        Assert.That(result, Is.All.EqualTo(2 / (1 + MathF.Exp(-2))).Within(1e-6));
+        Cuda.Fill(buffer, 299, 1, -1);
+        Cuda.Download<float>(buffer, result);
+        Assert.That(result[299], Is.EqualTo(-1));
+    }
+
     // ---- element-wise ---------------------------------------------------------------------------------------------
 
     [Test]
