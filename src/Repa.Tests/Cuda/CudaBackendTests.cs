@@ -67,6 +67,14 @@ public abstract class CudaBackendTests
         TestContext.Out.WriteLine(Cuda.Description);
     }
 
+    /// <summary>The structs passed by value to kernels match their C layouts (elementwise.cu, memory.cu).</summary>
+    [Test]
+    public void KernelParameterStructsHaveTheCLayout()
+    {
+        Assert.That(System.Runtime.CompilerServices.Unsafe.SizeOf<CudaBackend.BroadcastLayout>(), Is.EqualTo(128));
+        Assert.That(System.Runtime.CompilerServices.Unsafe.SizeOf<CudaBackend.PermuteLayout>(), Is.EqualTo(80));
+    }
+
     [Test]
     public void MemoryRoundTripsEveryDtypeAtOffsets()
     {
