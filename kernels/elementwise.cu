@@ -128,8 +128,8 @@ REPA_DEVICE void axpby(const X* __restrict__ x, Y* __restrict__ y, long long n, 
 
 // y[o] = alpha sum_r x[o, r] + beta y[o] (x viewed as [outer, reduce], inner = 1): one block per row (grid-stride over
 // rows), blockDim.x a multiple of 32 (at most 1024), blockDim.y = 1. Deterministic: a fixed tree per row.
-template <typename X>
-REPA_DEVICE void sum_rows(const X* __restrict__ x, float* __restrict__ y, long long outer, int reduce, float alpha, float beta)
+template <typename X, typename Y>
+REPA_DEVICE void sum_rows(const X* __restrict__ x, Y* __restrict__ y, long long outer, int reduce, float alpha, float beta)
 {
     __shared__ float scratch[32];
     for (long long o = blockIdx.x; o < outer; o += gridDim.x)
@@ -138,7 +138,7 @@ REPA_DEVICE void sum_rows(const X* __restrict__ x, float* __restrict__ y, long l
         float s = 0.0f;
         for (int r = threadIdx.x; r < reduce; r += blockDim.x) s += to_float(row[r]);
         s = block_sum(s, scratch);
-        if (threadIdx.x == 0) y[o] = beta != 0.0f ? alpha * s + beta * y[o] : alpha * s;
+        if (threadIdx.x == 0) y[o] = from_float<Y>(beta != 0.0f ? alpha * s + beta * to_float(y[o]) : alpha * s);
     }
 }
 
@@ -148,8 +148,8 @@ constexpr int sum_tile_rows = 8;
 // y[o, i] = alpha sum_r x[o, r, i] + beta y[o, i] for inner > 1: block (32, 8), grid (ceil(inner / 32), any): the 32
 // threads of a row read 32 adjacent columns (coalesced), the 8 rows of threads split r and meet in shared memory in a
 // fixed order. Deterministic.
-template <typename X>
-REPA_DEVICE void sum_columns(const X* __restrict__ x, float* __restrict__ y, long long outer, int reduce, int inner,
+template <typename X, typename Y>
+REPA_DEVICE void sum_columns(const X* __restrict__ x, Y* __restrict__ y, long long outer, int reduce, int inner,
                              float alpha, float beta)
 {
     __shared__ float partial[sum_tile_rows][sum_tile_columns + 1];
@@ -169,8 +169,8 @@ REPA_DEVICE void sum_columns(const X* __restrict__ x, float* __restrict__ y, lon
             float total = 0.0f;
             REPA_UNROLL
             for (int k = 0; k < sum_tile_rows; ++k) total += partial[k][threadIdx.x];
-            float* out = y + o * inner + column;
-            *out = beta != 0.0f ? alpha * total + beta * *out : alpha * total;
+            Y* out = y + o * inner + column;
+            *out = from_float<Y>(beta != 0.0f ? alpha * total + beta * to_float(*out) : alpha * total);
         }
         __syncthreads();
     }
@@ -295,7 +295,7 @@ extern "C" __global__ void axpby_bf16_f32(const bf16* __restrict__ x, float* __r
 }
 REPA_KERNEL(axpby_bf16_f32);
 
-// ---- sums over an axis group: y[o, i] = alpha sum_r x[o, r, i] + beta y[o, i] (fp32 y) -----------------------------
+// ---- sums over an axis group: y[o, i] = alpha sum_r x[o, r, i] + beta y[o, i] (fp32 accumulation) -----------------
 
 extern "C" __global__ void sum_rows_f32(const float* __restrict__ x, float* __restrict__ y, long long outer, int reduce,
                                         float alpha, float beta)
@@ -311,6 +311,13 @@ extern "C" __global__ void sum_rows_bf16_f32(const bf16* __restrict__ x, float* 
 }
 REPA_KERNEL(sum_rows_bf16_f32);
 
+extern "C" __global__ void sum_rows_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, long long outer, int reduce,
+                                         float alpha, float beta)
+{
+    repa::sum_rows(x, y, outer, reduce, alpha, beta);
+}
+REPA_KERNEL(sum_rows_bf16);
+
 extern "C" __global__ void sum_columns_f32(const float* __restrict__ x, float* __restrict__ y, long long outer,
                                            int reduce, int inner, float alpha, float beta)
 {
@@ -324,3 +331,10 @@ extern "C" __global__ void sum_columns_bf16_f32(const bf16* __restrict__ x, floa
     repa::sum_columns(x, y, outer, reduce, inner, alpha, beta);
 }
 REPA_KERNEL(sum_columns_bf16_f32);
+
+extern "C" __global__ void sum_columns_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, long long outer,
+                                            int reduce, int inner, float alpha, float beta)
+{
+    repa::sum_columns(x, y, outer, reduce, inner, alpha, beta);
+}
+REPA_KERNEL(sum_columns_bf16);

@@ -82,7 +82,8 @@ public static class Cli
           --sample-grid true|false  at the end, write samples.png (8 samples of every class, of 16 evenly spaced classes
                                when there are more, with the objective's default sampler at 25 steps, --weights auto)
                                and samples.npz into the run folder (default true).
-          --device auto|cpu    compute device (default auto = cpu; the cuda and ilgpu backends arrive with later issues).
+          --device auto|cpu    compute device (default auto = cpu, the reason printed: the CUDA backend lacks the norm,
+                               loss, attention, embedding and optimiser kernels so far, and --device cuda says so).
           --threads N          CPU threads (default: all cores).
 
         SAMPLE OPTIONS
@@ -113,7 +114,8 @@ public static class Cli
           --out DIR            where samples.png and samples.npz (arr_0: uint8 [N, H, W, C], as ADM's evaluator reads)
                                go (default: the checkpoint's folder). Latent models (4 channels) cannot be decoded
                                without the SD VAE, which Repa does not have: their latents go to samples.safetensors.
-          --device auto|cpu    compute device (default auto = cpu, the reason printed; cuda and ilgpu are not built yet).
+          --device auto|cpu    compute device (default auto = cpu, the reason printed; cuda is not complete and ilgpu
+                               not built yet).
           --threads N          CPU threads (default: all cores).
           REPA's generate.py defaults differ: --mode ode, --cfg 1.5, 50 steps.
 

@@ -1,39 +1,121 @@
+using Repa.Kernels;
 using Repa.Kernels.Cpu;
+using Repa.Kernels.Cuda;
 
 namespace Repa.Runtime;
 
 /// <summary>
-/// The compute devices a user can name (`--device`): auto, cpu, cuda, ilgpu. Only the CPU backend is built so far; the
-/// CUDA and ILGPU backends are later issues, so naming them ends in one sentence saying so, and auto picks the CPU.
+/// The compute devices a user can name (`--device`): auto, cpu, cuda, ilgpu. cuda opens <see cref="CudaBackend"/> when
+/// <see cref="CudaLibraries.Probe"/> finds a usable device; but while the CUDA backend still lacks op families that
+/// training and sampling need (<see cref="CudaBackend.MissingOpFamilies"/>), naming it fails up front with one sentence
+/// saying which, and auto stays on the CPU (its note says why). ILGPU is a later issue.
 /// </summary>
 public static class ComputeDevice
 {
     /// <summary>Every accepted device name, the default first.</summary>
     public static readonly string[] Names = ["auto", "cpu", "cuda", "ilgpu"];
 
-    /// <summary>Why auto picks the CPU: shown by the CLI so the choice is never silent.</summary>
-    public const string AutoReason = "auto chose the CPU: the CUDA and ILGPU backends are not built yet";
+    /// <summary>
+    /// For development and tests only: the path of librepa_cuda_emu.so. When set, cuda (and auto) probe and open the CPU
+    /// emulator instead of the NVIDIA driver, so the device plumbing can be exercised without a GPU.
+    /// </summary>
+    public const string EmulatorVariable = "REPA_CUDA_EMULATOR";
+
+    /// <summary>The backend a device name resolves to.</summary>
+    internal enum Choice
+    {
+        Cpu,
+        Cuda,
+    }
 
     /// <summary>
     /// Opens the backend named <paramref name="device"/> with <paramref name="threads"/> CPU threads (0 = all cores).
-    /// <paramref name="note"/> says what "auto" chose and why (null for an explicit "cpu"). Throws
-    /// <see cref="NotSupportedException"/> for cuda and ilgpu and <see cref="ArgumentException"/> for unknown names.
+    /// <paramref name="note"/> says what "auto" chose and why (null for an explicit device). Throws
+    /// <see cref="NotSupportedException"/> with one sentence when the device cannot run Repa (cuda without a usable
+    /// device or with op families still missing, ilgpu) and <see cref="ArgumentException"/> for unknown names.
     /// </summary>
-    public static CpuBackend Open(string device, int threads, out string? note)
+    public static IBackend Open(string device, int threads, out string? note)
     {
         ArgumentNullException.ThrowIfNull(device);
         if (threads < 0) throw new ArgumentException($"the CPU thread count must be >= 0 (0 = all cores), got {threads}.", nameof(threads));
-        note = Check(device);
+        if (Choose(device, out note) == Choice.Cuda)
+        {
+            string? emulator = EmulatorPath();
+            return emulator != null ? CudaBackend.CreateEmulated(emulator) : CudaBackend.Create();
+        }
         return new CpuBackend(threads == 0 ? Environment.ProcessorCount : threads);
     }
 
-    /// <summary>Validates a device name without opening anything; returns the note of <see cref="Open"/>.</summary>
-    public static string? Check(string device) => device switch
+    /// <summary>Validates a device name before any expensive work (probing CUDA where it matters); returns the note of
+    /// <see cref="Open"/>.</summary>
+    public static string? Check(string device)
     {
-        "auto" => AutoReason,
-        "cpu" => null,
-        "cuda" => throw new NotSupportedException("--device cuda: the CUDA backend is not built yet (it arrives with a later issue); use --device cpu or auto."),
-        "ilgpu" => throw new NotSupportedException("--device ilgpu: the ILGPU backend is not built yet (it arrives with a later issue); use --device cpu or auto."),
-        _ => throw new ArgumentException($"--device must be one of {string.Join(", ", Names)}, got '{device}'."),
-    };
+        ArgumentNullException.ThrowIfNull(device);
+        Choose(device, out string? note);
+        return note;
+    }
+
+    private static Choice Choose(string device, out string? note) =>
+        Choose(device, CudaBackend.MissingOpFamilies, ProbeCuda, out note);
+
+    /// <summary>The emulator library when <see cref="EmulatorVariable"/> is set, or when this process chose it already
+    /// (CUDA's libraries are bound once per process).</summary>
+    private static string? EmulatorPath() =>
+        Environment.GetEnvironmentVariable(EmulatorVariable) is { Length: > 0 } path ? path
+        : CudaLibraries.IsEmulated ? CudaLibraries.BoundPath(CudaLibraries.Driver)
+        : null;
+
+    private static CudaProbeResult ProbeCuda()
+    {
+        if (Environment.GetEnvironmentVariable(EmulatorVariable) is { Length: > 0 } path) CudaLibraries.UseEmulator(path);
+        return CudaLibraries.Probe();
+    }
+
+    /// <summary>
+    /// The decision, given the CUDA backend's missing op families and a probe (called only when the answer depends on
+    /// it): cuda needs a usable device and a complete backend; auto takes CUDA when both hold, else the CPU with a note.
+    /// </summary>
+    internal static Choice Choose(string device, IReadOnlyList<string> missingFamilies, Func<CudaProbeResult> probe, out string? note)
+    {
+        note = null;
+        switch (device)
+        {
+            case "cpu":
+                return Choice.Cpu;
+            case "cuda":
+            {
+                var found = probe();
+                if (!found.IsAvailable)
+                    throw new NotSupportedException($"--device cuda: {found.Message.TrimEnd('.')}; use --device cpu or auto.");
+                if (missingFamilies.Count > 0)
+                    throw new NotSupportedException($"--device cuda: the CUDA backend does not implement the {Join(missingFamilies)} ops yet, which training and sampling need; use --device cpu or auto.");
+                return Choice.Cuda;
+            }
+            case "auto":
+            {
+                if (missingFamilies.Count > 0)
+                {
+                    // No probe: a complete backend is the first condition, and probing would bind the driver for nothing.
+                    note = $"auto chose the CPU: the CUDA backend does not implement the {Join(missingFamilies)} ops yet";
+                    return Choice.Cpu;
+                }
+                var found = probe();
+                if (!found.IsAvailable)
+                {
+                    note = $"auto chose the CPU: {found.Message.TrimEnd('.')}";
+                    return Choice.Cpu;
+                }
+                note = $"auto chose CUDA: {found.Message.TrimEnd('.')}";
+                return Choice.Cuda;
+            }
+            case "ilgpu":
+                throw new NotSupportedException("--device ilgpu: the ILGPU backend is not built yet (it arrives with a later issue); use --device cpu or auto.");
+            default:
+                throw new ArgumentException($"--device must be one of {string.Join(", ", Names)}, got '{device}'.");
+        }
+    }
+
+    /// <summary>"a", "a and b", "a, b and c".</summary>
+    private static string Join(IReadOnlyList<string> items) =>
+        items.Count == 1 ? items[0] : $"{string.Join(", ", items.Take(items.Count - 1))} and {items[^1]}";
 }

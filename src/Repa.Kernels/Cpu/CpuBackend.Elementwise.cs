@@ -290,7 +290,7 @@ public sealed unsafe partial class CpuBackend
         // Strided reductions: split the inner axis in column blocks and accumulate rows into a stack buffer.
         const int Block = 256;
         int blocks = (inner + Block - 1) / Block;
-        CpuParallel.For((long)outer * blocks, Math.Max(1, Grain / ((long)reduce * Block)), Threads, (start, end) =>
+        CpuParallel.For((long)outer * blocks, Math.Max(1, Grain / ((long)Math.Max(reduce, 1) * Block)), Threads, (start, end) =>
         {
             Span<T> acc = stackalloc T[Block];
             for (long job = start; job < end; job++)

@@ -28,6 +28,24 @@ internal sealed class BroadcastLayout
 
     public static BroadcastLayout Create(ReadOnlySpan<int> shape, ReadOnlySpan<long> stridesA, ReadOnlySpan<long> stridesB)
     {
+        var (sizes, sa, sb) = MergeAxes(shape, stridesA, stridesB);
+        if (sizes.Count == 0) return new BroadcastLayout([], [], [], 1, 0, 0);
+        int n = sizes.Count - 1;
+        if (sa[n] > 1 || sb[n] > 1)
+        {
+            // The innermost axis is strided (not contiguous, not broadcast): fall back to rows of one element.
+            return new BroadcastLayout([.. sizes], [.. sa], [.. sb], 1, 0, 0);
+        }
+        return new BroadcastLayout([.. sizes[..n]], [.. sa[..n]], [.. sb[..n]], sizes[n], sa[n], sb[n]);
+    }
+
+    /// <summary>
+    /// The broadcast's axes, outermost first, with unit axes dropped and adjacent axes merged where both inputs traverse
+    /// them as one (the output is contiguous, so it always does). Shared by every backend.
+    /// </summary>
+    public static (List<int> Sizes, List<long> StridesA, List<long> StridesB) MergeAxes(ReadOnlySpan<int> shape,
+        ReadOnlySpan<long> stridesA, ReadOnlySpan<long> stridesB)
+    {
         if (stridesA.Length != shape.Length || stridesB.Length != shape.Length)
             throw new ArgumentException($"broadcast: {shape.Length} axes but {stridesA.Length} and {stridesB.Length} strides.");
         var sizes = new List<int>();
@@ -48,14 +66,7 @@ internal sealed class BroadcastLayout
             sa.Add(stridesA[i]);
             sb.Add(stridesB[i]);
         }
-        if (sizes.Count == 0) return new BroadcastLayout([], [], [], 1, 0, 0);
-        int n = sizes.Count - 1;
-        if (sa[n] > 1 || sb[n] > 1)
-        {
-            // The innermost axis is strided (not contiguous, not broadcast): fall back to rows of one element.
-            return new BroadcastLayout([.. sizes], [.. sa], [.. sb], 1, 0, 0);
-        }
-        return new BroadcastLayout([.. sizes[..n]], [.. sa[..n]], [.. sb[..n]], sizes[n], sa[n], sb[n]);
+        return (sizes, sa, sb);
     }
 
     public void RowOffsets(long row, out long offsetA, out long offsetB)
@@ -94,6 +105,18 @@ internal sealed class PermuteLayout
 
     public static PermuteLayout Create(ReadOnlySpan<int> shape, ReadOnlySpan<int> perm)
     {
+        var (sizes, strides) = MergeAxes(shape, perm);
+        if (sizes.Count == 0) return new PermuteLayout([], [], 1, 1);
+        int n = sizes.Count - 1;
+        return new PermuteLayout([.. sizes[..n]], [.. strides[..n]], sizes[n], strides[n]);
+    }
+
+    /// <summary>
+    /// The output's axes, outermost first, each with its source stride; unit axes are dropped and output axes that stay
+    /// adjacent in the source are merged. Validates <paramref name="perm"/>. Shared by every backend.
+    /// </summary>
+    public static (List<int> Sizes, List<long> SourceStrides) MergeAxes(ReadOnlySpan<int> shape, ReadOnlySpan<int> perm)
+    {
         int rank = shape.Length;
         if (perm.Length != rank) throw new ArgumentException($"permute: {rank} axes but a permutation of {perm.Length}.");
         var seen = new bool[rank];
@@ -120,9 +143,7 @@ internal sealed class PermuteLayout
             sizes.Add(shape[p]);
             strides.Add(srcStride[p]);
         }
-        if (sizes.Count == 0) return new PermuteLayout([], [], 1, 1);
-        int n = sizes.Count - 1;
-        return new PermuteLayout([.. sizes[..n]], [.. strides[..n]], sizes[n], strides[n]);
+        return (sizes, strides);
     }
 
     public long SourceOffset(long row)

@@ -123,21 +123,21 @@ public sealed class ImageGenerator : IDisposable
 
     /// <summary>
     /// Loads <paramref name="checkpoint"/> (a run folder or its checkpoint.safetensors, with config.json beside it) on
-    /// <paramref name="device"/> ("auto" or "cpu"; "cuda" and "ilgpu" are not built yet and throw
-    /// <see cref="NotSupportedException"/>) with <paramref name="threads"/> CPU threads (0 = all cores), taking the
+    /// <paramref name="device"/> (see <see cref="ComputeDevice.Open"/>: "auto" or "cpu" today; "cuda" and "ilgpu" throw
+    /// <see cref="NotSupportedException"/> with the reason) with <paramref name="threads"/> CPU threads (0 = all cores), taking the
     /// <paramref name="weights"/> asked for (auto: the EMA unless it is still mostly the initial model).
     /// </summary>
     public static ImageGenerator Load(string checkpoint, string device = "auto", SamplingWeights weights = SamplingWeights.Auto, int threads = 0)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
-        var cpu = ComputeDevice.Open(device, threads, out string? note);
+        var backend = ComputeDevice.Open(device, threads, out string? note);
         try
         {
-            return Create(cpu, ownsBackend: true, SiTSampling.Load(checkpoint, cpu, weights), note);
+            return Create(backend, ownsBackend: true, SiTSampling.Load(checkpoint, backend, weights), note);
         }
         catch
         {
-            cpu.Dispose();
+            backend.Dispose();
             throw;
         }
     }

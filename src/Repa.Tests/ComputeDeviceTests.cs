@@ -1,0 +1,117 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using NUnit.Framework;
+using Repa.Kernels.Cuda;
+using Repa.Runtime;
+using Repa.Tests.Cuda;
+using Choice = Repa.Runtime.ComputeDevice.Choice;
+
+namespace Repa.Tests;
+
+/// <summary>
+/// `--device`: the decision (with stand-in probes, so every branch runs on any machine) and, in fresh processes (CUDA's
+/// libraries are bound once per process), the CLI's one-line refusal of cuda without a driver and, through
+/// REPA_CUDA_EMULATOR, with a device whose backend still lacks op families.
+/// </summary>
+[TestFixture]
+public sealed class ComputeDeviceTests
+{
+    private static readonly CudaProbeResult NoDriver = new(false, "CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found.", null, 0, 0);
+    private static readonly CudaProbeResult Device = new(true, "CUDA device 0: NVIDIA H100 (compute capability 9.0, 79.1 GiB, driver API 12.4).", "NVIDIA H100", 90, 12040);
+    private static readonly string[] Missing = ["norm", "loss", "attention", "embedding", "optimiser"];
+
+    private static Func<CudaProbeResult> Probe(CudaProbeResult result, List<string> calls) => () =>
+    {
+        calls.Add("probe");
+        return result;
+    };
+
+    [Test]
+    public void AutoStaysOnTheCpuWhileTheCudaBackendIsIncomplete()
+    {
+        var calls = new List<string>();
+        Assert.That(ComputeDevice.Choose("auto", Missing, Probe(Device, calls), out string? note), Is.EqualTo(Choice.Cpu));
+        Assert.That(note, Is.EqualTo("auto chose the CPU: the CUDA backend does not implement the norm, loss, attention, embedding and optimiser ops yet"));
+        Assert.That(calls, Is.Empty, "no probe (it would bind the driver for nothing)");
+        Assert.That(ComputeDevice.Choose("cpu", Missing, Probe(Device, calls), out note), Is.EqualTo(Choice.Cpu));
+        Assert.That(note, Is.Null);
+        Assert.That(calls, Is.Empty);
+    }
+
+    [Test]
+    public void AutoTakesACompleteBackendOnAUsableDevice()
+    {
+        var calls = new List<string>();
+        Assert.That(ComputeDevice.Choose("auto", [], Probe(Device, calls), out string? note), Is.EqualTo(Choice.Cuda));
+        Assert.That(note, Is.EqualTo("auto chose CUDA: CUDA device 0: NVIDIA H100 (compute capability 9.0, 79.1 GiB, driver API 12.4)"));
+        Assert.That(ComputeDevice.Choose("auto", [], Probe(NoDriver, calls), out note), Is.EqualTo(Choice.Cpu));
+        Assert.That(note, Is.EqualTo("auto chose the CPU: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found"));
+        Assert.That(calls, Has.Count.EqualTo(2));
+    }
+
+    [Test]
+    public void CudaNeedsADeviceAndACompleteBackend()
+    {
+        var calls = new List<string>();
+        var e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", Missing, Probe(NoDriver, calls), out _))!;
+        Assert.That(e.Message, Is.EqualTo("--device cuda: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found; use --device cpu or auto."));
+        e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", Missing, Probe(Device, calls), out _))!;
+        Assert.That(e.Message, Is.EqualTo("--device cuda: the CUDA backend does not implement the norm, loss, attention, embedding and optimiser ops yet, which training and sampling need; use --device cpu or auto."));
+        e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", ["attention"], Probe(Device, calls), out _))!;
+        Assert.That(e.Message, Does.Contain("does not implement the attention ops yet,"));
+        Assert.That(ComputeDevice.Choose("cuda", [], Probe(Device, calls), out string? note), Is.EqualTo(Choice.Cuda));
+        Assert.That(note, Is.Null);
+        Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("ilgpu", [], Probe(Device, calls), out _));
+        var unknown = Assert.Throws<ArgumentException>(() => ComputeDevice.Choose("gpu", [], Probe(Device, calls), out _))!;
+        Assert.That(unknown.Message, Is.EqualTo("--device must be one of auto, cpu, cuda, ilgpu, got 'gpu'."));
+    }
+
+    /// <summary>A fresh process without a driver: the probe's sentence, on one line, before any data is read.</summary>
+    [Test]
+    public void TrainOnCudaWithoutADriverFailsInOneLine()
+    {
+        if (CudaLibraries.DriverCandidates.Any(name => NativeLibrary.TryLoad(name, out _)))
+            Assert.Ignore("An NVIDIA driver library is installed here; the driverless refusal is checked on machines without one.");
+        var (code, output) = RunCli(null, "train", "--device", "cuda", "--data", "/nonexistent");
+        Assert.That(code, Is.EqualTo(2), output);
+        Assert.That(output.Trim(), Is.EqualTo("error: --device cuda: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found; use --device cpu or auto."));
+    }
+
+    /// <summary>A fresh process on the emulated device (REPA_CUDA_EMULATOR): the device is found, and training is refused
+    /// up front because the backend lacks op families, naming them.</summary>
+    [Test, Category("EmulatedCuda")]
+    public void TrainOnTheEmulatedDeviceNamesTheMissingFamilies()
+    {
+        if (!File.Exists(EmulatedCuda.LibraryPath))
+            Assert.Fail($"The CUDA emulator {EmulatedCuda.LibraryPath} was not built: run scripts/setup.sh, then build again.");
+        var (code, output) = RunCli(EmulatedCuda.LibraryPath, "train", "--device", "cuda", "--data", "/nonexistent");
+        Assert.That(code, Is.EqualTo(2), output);
+        Assert.That(output.Trim(), Is.EqualTo("error: --device cuda: the CUDA backend does not implement the norm, loss, attention, embedding and optimiser ops yet, which training and sampling need; use --device cpu or auto."));
+    }
+
+    /// <summary>Runs the repa CLI (Repa.Runtime.dll beside the tests) in a new process; stdout and stderr together.</summary>
+    private static (int Code, string Output) RunCli(string? emulator, params string[] args)
+    {
+        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : "dotnet";
+        var info = new ProcessStartInfo(host)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = AppContext.BaseDirectory,
+        };
+        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Repa.Runtime.dll"));
+        foreach (string a in args) info.ArgumentList.Add(a);
+        info.Environment.Remove(ComputeDevice.EmulatorVariable);
+        if (emulator != null) info.Environment[ComputeDevice.EmulatorVariable] = emulator;
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(1)))
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail($"repa {string.Join(' ', args)} did not finish within a minute.");
+        }
+        return (process.ExitCode, stdout.Result + stderr.Result);
+    }
+}
