@@ -21,15 +21,24 @@ public sealed unsafe partial class CudaBackend
         Enter();
         // The kernel lowers firstBad to the first position of an id outside [0, vocab) (and writes zeros there instead
         // of reading out of bounds); the CPU backend's sentence names that id and position.
-        using var firstBad = Allocate(DType.F64, 1);
-        Upload<ulong>([ulong.MaxValue], firstBad);
-        var shape = new LaunchShape((uint)Math.Min(count, 65535), 1, (uint)Math.Clamp((dim + 31) / 32 * 32, 32, BlockSize), 1);
-        Launch(Function(EmbedKernels, $"embedding_forward_{suffix}"), shape,
-            Address(table), Address(ids), Address(y), count, vocab, dim, Address(firstBad));
-        Span<ulong> position = stackalloc ulong[1];
-        Download(firstBad, position);
-        if (position[0] == ulong.MaxValue) return;
-        long i = (long)position[0];
+        var firstBad = Pool.Rent(DType.F64, 1); // 8 bytes: an unsigned long long for the kernel
+        long i;
+        try
+        {
+            Upload<ulong>([ulong.MaxValue], firstBad);
+            var shape = new LaunchShape((uint)Math.Min(count, 65535), 1, (uint)Math.Clamp((dim + 31) / 32 * 32, 32, BlockSize), 1);
+            Launch(Function(EmbedKernels, $"embedding_forward_{suffix}"), shape,
+                Address(table), Address(ids), Address(y), count, vocab, dim, Address(firstBad));
+            Span<ulong> position = stackalloc ulong[1];
+            Download(firstBad, position);
+            if (position[0] == ulong.MaxValue) return;
+            i = (long)position[0];
+        }
+        finally
+        {
+            Pool.Return(firstBad);
+        }
+        // Unlike the CPU, which checks before it copies, y now holds the valid rows and zeros for the bad ones.
         Span<int> id = stackalloc int[1];
         Download(ids, id, i);
         throw new ArgumentOutOfRangeException(nameof(ids), id[0],

@@ -31,6 +31,7 @@ public abstract partial class CudaBackendTests
     private static readonly object[] LayerNormCases =
     [
         new object[] { 9, 1, 1, false, false, false, false },
+        new object[] { 9, 1, 3, true, true, true, true }, // width 1: xhat = 0, the partials fold as one column
         new object[] { 9, 7, 1, true, true, false, false },
         new object[] { 10, 33, 5, true, true, true, true },
         new object[] { 6, 192, 3, false, false, true, true }, // adaLN: no affine, then modulate
