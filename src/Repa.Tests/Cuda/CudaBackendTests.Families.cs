@@ -269,6 +269,11 @@ public abstract partial class CudaBackendTests
         Assert.That(onCuda.Message, Is.EqualTo(onCpu.Message));
         Assert.That(onCuda.Message, Does.StartWith("embedding: id -1 at position 3 is out of range for a table of 11 rows (valid ids are 0..10)."));
         Assert.That(onCuda.ActualValue, Is.EqualTo(-1));
+        // Through autograd (Ops.Embedding frees its output and rethrows): the same sentence.
+        using var tape = new Tape();
+        using var cudaTable = Tensor.FromArray(Cuda, new float[11 * 5], 11, 5);
+        using var cudaIds = Tensor.FromArray(Cuda, idValues, idValues.Length);
+        Assert.That(Assert.Throws<ArgumentOutOfRangeException>(() => Embedding(cudaTable, cudaIds))!.Message, Is.EqualTo(onCpu.Message));
         using var f32Ids = Cuda.Allocate(DType.F32, 6);
         Assert.Throws<ArgumentException>(() => Cuda.EmbeddingForward(table.Candidate, f32Ids, y.Candidate, 6, 11, 5), "ids must be int32");
     }
