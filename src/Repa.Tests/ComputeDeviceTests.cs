@@ -86,7 +86,7 @@ public sealed class ComputeDeviceTests
             Assert.Fail($"The CUDA emulator {EmulatedCuda.LibraryPath} was not built: run scripts/setup.sh, then build again.");
         var (code, output) = RunCli(EmulatedCuda.LibraryPath, "train", "--device", "cuda", "--data", "/nonexistent");
         Assert.That(code, Is.EqualTo(2), output);
-        Assert.That(output.Trim(), Is.EqualTo("error: --device cuda: the CUDA backend does not implement the norm, loss, attention, embedding and optimiser ops yet, which training and sampling need; use --device cpu or auto."));
+        Assert.That(output.Trim(), Is.EqualTo("error: --device cuda: the CUDA backend does not implement the norm, loss, embedding and optimiser ops yet, which training and sampling need; use --device cpu or auto."));
     }
 
     /// <summary>Runs the repa CLI (Repa.Runtime.dll beside the tests) in a new process; stdout and stderr together.</summary>
