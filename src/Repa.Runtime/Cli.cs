@@ -83,7 +83,7 @@ public static class Cli
                                when there are more, with the objective's default sampler at 25 steps, --weights auto)
                                and samples.npz into the run folder (default true).
           --device auto|cpu    compute device (default auto = cpu, the reason printed: the CUDA backend lacks the norm,
-                               loss, attention, embedding and optimiser kernels so far, and --device cuda says so).
+                               loss, embedding and optimiser kernels so far, and --device cuda says so).
           --threads N          CPU threads (default: all cores).
 
         SAMPLE OPTIONS

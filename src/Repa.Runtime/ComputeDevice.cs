@@ -61,13 +61,14 @@ public static class ComputeDevice
     /// <summary>The emulator library when <see cref="EmulatorVariable"/> is set, or when this process chose it already
     /// (CUDA's libraries are bound once per process).</summary>
     private static string? EmulatorPath() =>
-        Environment.GetEnvironmentVariable(EmulatorVariable) is { Length: > 0 } path ? path
-        : CudaLibraries.IsEmulated ? CudaLibraries.BoundPath(CudaLibraries.Driver)
-        : null;
+        Environment.GetEnvironmentVariable(EmulatorVariable) is { Length: > 0 } path ? path : null;
 
     private static CudaProbeResult ProbeCuda()
     {
         if (Environment.GetEnvironmentVariable(EmulatorVariable) is { Length: > 0 } path) CudaLibraries.UseEmulator(path);
+        // The emulator is for tests: a process that bound it (a test run) must not have auto or cuda pick it silently.
+        else if (CudaLibraries.IsEmulated)
+            return new CudaProbeResult(false, $"CUDA is unavailable: this process bound the CUDA emulator, which only {EmulatorVariable} selects.", null, 0, 0);
         return CudaLibraries.Probe();
     }
 

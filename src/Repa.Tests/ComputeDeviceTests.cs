@@ -77,16 +77,26 @@ public sealed class ComputeDeviceTests
         Assert.That(output.Trim(), Is.EqualTo("error: --device cuda: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found; use --device cpu or auto."));
     }
 
-    /// <summary>A fresh process on the emulated device (REPA_CUDA_EMULATOR): the device is found, and training is refused
-    /// up front because the backend still lacks an op family (attention), naming it.</summary>
+    /// <summary>A fresh process on the emulated device (REPA_CUDA_EMULATOR): `train --device cuda` runs a real step on it.</summary>
     [Test, Category("EmulatedCuda")]
-    public void TrainOnTheEmulatedDeviceNamesTheMissingFamilies()
+    public void TrainOnTheEmulatedDevice()
     {
+        TrainerTests.Data(); // ignores the test when Fashion-MNIST is not installed
         if (!File.Exists(EmulatedCuda.LibraryPath))
             Assert.Fail($"The CUDA emulator {EmulatedCuda.LibraryPath} was not built: run scripts/setup.sh, then build again.");
-        var (code, output) = RunCli(EmulatedCuda.LibraryPath, "train", "--device", "cuda", "--data", "/nonexistent");
-        Assert.That(code, Is.EqualTo(2), output);
-        Assert.That(output.Trim(), Is.EqualTo("error: --device cuda: the CUDA backend does not implement the attention ops yet, which training and sampling need; use --device cpu or auto."));
+        string folder = Path.Combine(Path.GetTempPath(), "repa-cuda-train-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var (code, output) = RunCli(EmulatedCuda.LibraryPath, "train", "--device", "cuda", "--config", "SiT-T/4", "--steps", "1", "--batch", "2",
+                "--encoder", "none", "--proj-coeff", "0", "--sample-grid", "false", "--out", folder);
+            Assert.That(code, Is.EqualTo(0), output);
+            Assert.That(output, Does.Contain("device: cuda: CUDA emulator").And.Contain("done: 1 steps"));
+            Assert.That(File.Exists(Path.Combine(folder, "checkpoint.safetensors")), Is.True);
+        }
+        finally
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, true);
+        }
     }
 
     /// <summary>Runs the repa CLI (Repa.Runtime.dll beside the tests) in a new process; stdout and stderr together.</summary>

@@ -244,7 +244,7 @@ public class ImageGeneratorTests
         Assert.Throws<ArgumentException>(() => ImageGenerator.Load(sit, "gpu"));
         using (var auto = ImageGenerator.Load(sit, threads: 1))
         {
-            Assert.That(auto.DeviceNote, Is.EqualTo("auto chose the CPU: the CUDA backend does not implement the attention ops yet"));
+            Assert.That(auto.DeviceNote, Does.StartWith("auto chose the CPU: CUDA is unavailable: "), "no driver here (or only the tests' emulator)");
             Assert.That(auto.DeviceDescription, Does.StartWith("cpu: 1 thread(s)"));
         }
         using (var cpu = ImageGenerator.Load(sit, "cpu", threads: 1)) Assert.That(cpu.DeviceNote, Is.Null);

@@ -1,12 +1,74 @@
 namespace Repa.Kernels.Cuda;
 
-// The attention family (IBackend.Attention.cs) has no CUDA kernels in this backend yet: every member says so in one sentence.
-// Its kernels get wired in here; ComputeDevice keeps training and sampling off CUDA until then.
-public sealed partial class CudaBackend
+/// <summary>
+/// Fused multi-head attention (kernels/attention.cu), flash-attention style: the forward keeps only the output and the
+/// per-row log-sum-exp, the backward recomputes the probabilities from them. qkv, output, dOutput and dQkv are all
+/// float32 or all bfloat16; logSumExp is float32, or bfloat16 alongside bfloat16 activations. Softmax statistics and
+/// every sum are float32. Head dims up to 128.
+/// </summary>
+public sealed unsafe partial class CudaBackend
 {
-    public void AttentionForward(DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp, int batch, int tokens, int heads, int headDim, double scale) =>
-        throw NotImplementedYet(nameof(AttentionForward));
+    internal const string AttentionKernels = "attention.cu";
 
-    public void AttentionBackward(DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer dOutput, DeviceBuffer logSumExp, DeviceBuffer dQkv, int batch, int tokens, int heads, int headDim, double scale) =>
-        throw NotImplementedYet(nameof(AttentionBackward));
+    /// <summary>Rows (queries or keys) per block of kernels/attention.cu, and its threads per block.</summary>
+    private const int AttentionTile = 32, AttentionThreads = 128;
+
+    /// <summary>The largest head dim kernels/attention.cu holds in registers.</summary>
+    public const int AttentionMaxHeadDim = 128;
+
+    public void AttentionForward(DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp, int batch, int tokens, int heads, int headDim, double scale)
+    {
+        string suffix = CheckAttention("attention forward", qkv, output, logSumExp, null, null, batch, tokens, heads, headDim);
+        if ((long)batch * tokens * heads * headDim == 0) return;
+        Enter();
+        Launch(Function(AttentionKernels, $"attention_forward_{suffix}"), AttentionShape(batch, tokens, heads),
+            Address(qkv), Address(output), Address(logSumExp), batch, tokens, heads, headDim, (float)scale);
+    }
+
+    public void AttentionBackward(DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer dOutput, DeviceBuffer logSumExp, DeviceBuffer dQkv, int batch, int tokens, int heads, int headDim, double scale)
+    {
+        string suffix = CheckAttention("attention backward", qkv, output, logSumExp, dOutput, dQkv, batch, tokens, heads, headDim);
+        if ((long)batch * tokens * heads * headDim == 0) return;
+        Enter();
+        var shape = AttentionShape(batch, tokens, heads);
+        // Di = rowsum(dO * O) per (pair, query): written by the dQ pass, read by the dK/dV pass (same stream, in order).
+        using var delta = Allocate(DType.F32, (long)batch * heads * tokens);
+        Launch(Function(AttentionKernels, $"attention_backward_query_{suffix}"), shape, Address(qkv), Address(output),
+            Address(dOutput), Address(logSumExp), Address(dQkv), Address(delta), batch, tokens, heads, headDim, (float)scale);
+        Launch(Function(AttentionKernels, $"attention_backward_key_{suffix}"), shape, Address(qkv), Address(dOutput),
+            Address(logSumExp), Address(delta), Address(dQkv), batch, tokens, heads, headDim, (float)scale);
+    }
+
+    /// <summary>One block per 32 rows of a (batch, head) pair; grid.y strides over the pairs beyond 65535.</summary>
+    private static LaunchShape AttentionShape(int batch, int tokens, int heads) =>
+        new((uint)((tokens + AttentionTile - 1) / AttentionTile), (uint)Math.Min((long)batch * heads, 65535), AttentionThreads, 1);
+
+    /// <summary>Checks sizes and dtypes as the CPU backend does; returns the kernel suffix (f32, bf16, bf16_f32).</summary>
+    private static string CheckAttention(string op, DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp,
+        DeviceBuffer? dOutput, DeviceBuffer? dQkv, int batch, int tokens, int heads, int headDim)
+    {
+        if (batch < 0 || tokens < 0 || heads < 0 || headDim < 0)
+            throw new ArgumentOutOfRangeException(nameof(batch), $"{op}: sizes must be >= 0 (batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}).");
+        if (headDim > AttentionMaxHeadDim)
+            throw new NotSupportedException($"cuda {op}: head_dim {headDim} is above the kernels' {AttentionMaxHeadDim}.");
+        string suffix = dOutput != null && dQkv != null
+            ? ComputeSuffix(op, qkv, output, dOutput, dQkv)
+            : ComputeSuffix(op, qkv, output);
+        if (logSumExp.DType != qkv.DType && logSumExp.DType != DType.F32)
+            throw new ArgumentException($"cuda {op}: logSumExp {logSumExp} must be float32 or {qkv.DType.Name()} like qkv.");
+        if (logSumExp.DType != qkv.DType) suffix += "_f32";
+        long rows = (long)batch * tokens, width = (long)heads * headDim;
+        Need(qkv, rows * 3 * width, "qkv");
+        Need(output, rows * width, "output");
+        Need(logSumExp, (long)batch * heads * tokens, "logSumExp");
+        if (dOutput != null) Need(dOutput, rows * width, "dOutput");
+        if (dQkv != null) Need(dQkv, rows * 3 * width, "dQkv");
+        return suffix;
+
+        void Need(DeviceBuffer buffer, long length, string name)
+        {
+            if (buffer.Length < length)
+                throw new ArgumentException($"{op}: {name} {buffer} holds fewer than the {length} elements of batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}.");
+        }
+    }
 }

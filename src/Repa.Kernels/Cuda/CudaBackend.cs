@@ -377,7 +377,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <see cref="NotSupportedException"/>): training and sampling need all of them, so ComputeDevice refuses CUDA for
     /// those while this list is not empty.
     /// </summary>
-    public static IReadOnlyList<string> MissingOpFamilies { get; } = ["attention"];
+    public static IReadOnlyList<string> MissingOpFamilies { get; } = [];
 
     private static NotSupportedException NotImplementedYet(string member) =>
         new($"{member} is not implemented on the CUDA backend yet.");

@@ -1,0 +1,413 @@
+// Attention family (IBackend.Attention.cs): fused multi-head softmax attention, flash-attention style. Semantics
+// are the CPU backend's (Cpu/CpuBackend.Attention.cs):
+//   qkv [N, T, 3D] with features [3, heads, head_dim] (D = heads * head_dim); output [N, T, D];
+//   lse[n, h, t] = log sum_s exp(scale q_t . k_s); output_t = sum_s exp(scale q_t . k_s - lse_t) v_s.
+//   The backward ACCUMULATES into d_qkv (qkv's layout): with P = exp(scale Q K^T - lse), Di = rowsum(dO * O),
+//   dS = P * (dO V^T - Di): dQ += scale dS K, dK += scale dS^T Q, dV += P^T dO.
+// No T x T matrix ever reaches device memory: the forward keeps a running max and sum per query (online softmax, fp32)
+// and the backward recomputes P from q, k and the saved lse. Every sum is fp32 and in a fixed order; no atomics, so the
+// results are deterministic.
+// Variants: _f32 is fp32 throughout. _bf16: qkv, output, d_output and d_qkv are bf16 (loaded to fp32, stored rounded
+// once); lse bf16 too (what a bf16 autograd graph allocates). _bf16_f32: as _bf16 with lse in fp32 (more accurate
+// backward). Scores, probabilities, statistics and accumulators are fp32 in every variant.
+// Tiling (CUDA cores only, no tensor-core MMA in this version): a block of 128 threads owns 32 rows (queries in the
+// forward and the dQ pass, keys in the dK/dV pass) of one (batch, head) pair; 4 adjacent lanes share a row and each
+// holds a quarter of its head_dim features in registers, as float4 chunks interleaved so that the 4 lanes read 64
+// consecutive bytes of a shared row. The other operand streams through shared memory in tiles of 32 rows (fp32, row
+// stride 128 floats); a dot product is 4 partial dots joined by two shuffles.
+// Launch (every kernel): block (128, 1, 1), grid (ceil(tokens / 32), min(batch * heads, 65535)); grid.y strides over
+// the pairs. head_dim <= 128.
+// Backward: attention_backward_query first (dQ, and Di into the fp32 scratch delta [N, heads, T]), then
+// attention_backward_key (dK, dV; reads delta). Each dQ/dK/dV row is written by the one block that owns it.
+#include "common.cuh"
+
+namespace repa {
+namespace attention {
+
+constexpr int tile = 32;                               // rows per block, rows per shared tile
+constexpr int parts = 4;                               // lanes per row
+constexpr int block_threads = tile * parts;            // 128
+constexpr int max_head_dim = 128;
+constexpr int row_vecs = max_head_dim / 4;             // float4 slots per shared row
+constexpr int chunks = max_head_dim / (4 * parts);     // float4 chunks per thread: 8
+
+struct alignas(16) vec4 { float x, y, z, w; };
+
+REPA_DEVICE vec4 zero4() { vec4 v; v.x = v.y = v.z = v.w = 0.0f; return v; }
+
+REPA_DEVICE float dot4(vec4 a, vec4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+
+REPA_DEVICE void axpy4(float a, vec4 x, vec4& y)
+{
+    y.x += a * x.x;
+    y.y += a * x.y;
+    y.z += a * x.z;
+    y.w += a * x.w;
+}
+
+/// The float4 slot of a shared row that chunk c of lane `part` holds: features 4 (part + 4 c) .. + 3.
+REPA_DEVICE int slot(int part, int c) { return part + parts * c; }
+
+/// Features d .. d + 3 of one row (zeros past head_dim).
+template <typename T>
+REPA_DEVICE vec4 load4(const T* row, int d, int head_dim)
+{
+    vec4 v;
+    v.x = d < head_dim ? to_float(row[d]) : 0.0f;
+    v.y = d + 1 < head_dim ? to_float(row[d + 1]) : 0.0f;
+    v.z = d + 2 < head_dim ? to_float(row[d + 2]) : 0.0f;
+    v.w = d + 3 < head_dim ? to_float(row[d + 3]) : 0.0f;
+    return v;
+}
+
+/// row[d .. d + 3] += scale * v, for the features below head_dim.
+template <typename T>
+REPA_DEVICE void add4(T* row, int d, int head_dim, float scale, vec4 v)
+{
+    if (d < head_dim) row[d] = from_float<T>(to_float(row[d]) + scale * v.x);
+    if (d + 1 < head_dim) row[d + 1] = from_float<T>(to_float(row[d + 1]) + scale * v.y);
+    if (d + 2 < head_dim) row[d + 2] = from_float<T>(to_float(row[d + 2]) + scale * v.z);
+    if (d + 3 < head_dim) row[d + 3] = from_float<T>(to_float(row[d + 3]) + scale * v.w);
+}
+
+template <typename T>
+REPA_DEVICE void store4(T* row, int d, int head_dim, vec4 v)
+{
+    if (d < head_dim) row[d] = from_float<T>(v.x);
+    if (d + 1 < head_dim) row[d + 1] = from_float<T>(v.y);
+    if (d + 2 < head_dim) row[d + 2] = from_float<T>(v.z);
+    if (d + 3 < head_dim) row[d + 3] = from_float<T>(v.w);
+}
+
+/// Sum over the 4 lanes of one row (adjacent lanes of a warp; every lane of the block must call it).
+REPA_DEVICE float row_sum(float v)
+{
+    v += __shfl_xor_sync(full_warp, v, 1);
+    v += __shfl_xor_sync(full_warp, v, 2);
+    return v;
+}
+
+/// This thread's chunks of a row (zeros for a row past the tokens).
+template <typename T>
+REPA_DEVICE void load_row(const T* row, bool live, int part, int head_dim, vec4 (&r)[chunks])
+{
+    REPA_UNROLL
+    for (int c = 0; c < chunks; ++c)
+    {
+        int d = 4 * slot(part, c);
+        r[c] = live && d < head_dim ? load4(row, d, head_dim) : zero4();
+    }
+}
+
+/// Rows first .. first + 31 (row stride ld) into a shared tile, as fp32; rows past the tokens are zeros. Only the slots
+/// below head_dim are written, and only those are ever read.
+template <typename T>
+REPA_DEVICE void load_tile(vec4* dst, const T* base, long long ld, int first, int tokens, int head_dim)
+{
+    int used = (head_dim + 3) / 4;
+    for (int i = threadIdx.x; i < tile * row_vecs; i += block_threads)
+    {
+        int r = i / row_vecs, s = i % row_vecs;
+        if (s >= used) continue;
+        int t = first + r;
+        dst[i] = t < tokens ? load4(base + (long long)t * ld, 4 * s, head_dim) : zero4();
+    }
+}
+
+/// Partial dot of this thread's chunks with shared row `row` of a tile.
+REPA_DEVICE float partial_dot(const vec4 (&r)[chunks], const vec4* tile_rows, int row, int part, int head_dim)
+{
+    float sum = 0.0f;
+    REPA_UNROLL
+    for (int c = 0; c < chunks; ++c)
+        if (4 * slot(part, c) < head_dim) sum += dot4(r[c], tile_rows[row * row_vecs + slot(part, c)]);
+    return sum;
+}
+
+template <typename T, typename L>
+REPA_DEVICE void forward(const T* qkv, T* output, L* lse, int batch, int tokens, int heads, int head_dim, float scale)
+{
+    __shared__ vec4 keys[tile * row_vecs];
+    __shared__ vec4 values[tile * row_vecs];
+    int width = heads * head_dim;
+    long long ld = 3LL * width;
+    int row = threadIdx.x / parts, part = threadIdx.x % parts;
+    long long pairs = (long long)batch * heads;
+    for (long long pair = blockIdx.y; pair < pairs; pair += gridDim.y)
+    {
+        int n = (int)(pair / heads), h = (int)(pair % heads);
+        const T* head = qkv + (long long)n * tokens * ld + (long long)h * head_dim;
+        int t = blockIdx.x * tile + row;
+        bool live = t < tokens;
+        vec4 q[chunks], o[chunks];
+        load_row(head + (long long)t * ld, live, part, head_dim, q);
+        REPA_UNROLL
+        for (int c = 0; c < chunks; ++c) o[c] = zero4();
+        float running_max = bits_float(0xff800000u); // -inf: the first tile's correction is exp(-inf) = 0
+        float running_sum = 0.0f;
+        for (int first = 0; first < tokens; first += tile)
+        {
+            __syncthreads(); // the previous tile's readers are done
+            load_tile(keys, head + width, ld, first, tokens, head_dim);
+            load_tile(values, head + 2 * width, ld, first, tokens, head_dim);
+            __syncthreads();
+            float s[tile];
+            float tile_max = bits_float(0xff800000u);
+            REPA_UNROLL
+            for (int j = 0; j < tile; ++j)
+            {
+                float dot = row_sum(partial_dot(q, keys, j, part, head_dim)) * scale;
+                s[j] = first + j < tokens ? dot : bits_float(0xff800000u);
+                tile_max = fmaxf(tile_max, s[j]);
+            }
+            float new_max = fmaxf(running_max, tile_max); // finite: every tile holds at least one key
+            float correction = expf(running_max - new_max);
+            running_sum *= correction;
+            REPA_UNROLL
+            for (int c = 0; c < chunks; ++c)
+            {
+                o[c].x *= correction;
+                o[c].y *= correction;
+                o[c].z *= correction;
+                o[c].w *= correction;
+            }
+            REPA_UNROLL
+            for (int j = 0; j < tile; ++j)
+            {
+                float p = expf(s[j] - new_max); // 0 for the masked keys
+                running_sum += p;
+                REPA_UNROLL
+                for (int c = 0; c < chunks; ++c)
+                    if (4 * slot(part, c) < head_dim) axpy4(p, values[j * row_vecs + slot(part, c)], o[c]);
+            }
+            running_max = new_max;
+        }
+        if (live)
+        {
+            float inverse = 1.0f / running_sum;
+            T* out = output + ((long long)n * tokens + t) * width + (long long)h * head_dim;
+            REPA_UNROLL
+            for (int c = 0; c < chunks; ++c)
+            {
+                vec4 v = o[c];
+                v.x *= inverse;
+                v.y *= inverse;
+                v.z *= inverse;
+                v.w *= inverse;
+                store4(out, 4 * slot(part, c), head_dim, v);
+            }
+            if (part == 0) lse[pair * tokens + t] = from_float<L>(running_max + logf(running_sum));
+        }
+    }
+}
+
+// dQ += scale sum_s P_ts (dP_ts - D_t) k_s for this block's 32 queries; writes D_t = dO_t . O_t into delta.
+template <typename T, typename L>
+REPA_DEVICE void backward_query(const T* qkv, const T* output, const T* d_output, const L* lse, T* d_qkv, float* delta,
+                                int batch, int tokens, int heads, int head_dim, float scale)
+{
+    __shared__ vec4 keys[tile * row_vecs];
+    __shared__ vec4 values[tile * row_vecs];
+    int width = heads * head_dim;
+    long long ld = 3LL * width;
+    int row = threadIdx.x / parts, part = threadIdx.x % parts;
+    long long pairs = (long long)batch * heads;
+    for (long long pair = blockIdx.y; pair < pairs; pair += gridDim.y)
+    {
+        int n = (int)(pair / heads), h = (int)(pair % heads);
+        long long head_offset = (long long)n * tokens * ld + (long long)h * head_dim;
+        const T* head = qkv + head_offset;
+        int t = blockIdx.x * tile + row;
+        bool live = t < tokens;
+        long long out_offset = ((long long)n * tokens + t) * width + (long long)h * head_dim;
+        vec4 q[chunks], d_o[chunks], dq[chunks];
+        load_row(head + (long long)t * ld, live, part, head_dim, q);
+        load_row(d_output + out_offset, live, part, head_dim, d_o);
+        float d_partial = 0.0f;
+        REPA_UNROLL
+        for (int c = 0; c < chunks; ++c)
+        {
+            int d = 4 * slot(part, c);
+            if (live && d < head_dim) d_partial += dot4(d_o[c], load4(output + out_offset, d, head_dim));
+            dq[c] = zero4();
+        }
+        float d_t = row_sum(d_partial);
+        float lse_t = live ? to_float(lse[pair * tokens + t]) : 0.0f;
+        if (live && part == 0) delta[pair * tokens + t] = d_t;
+        for (int first = 0; first < tokens; first += tile)
+        {
+            __syncthreads();
+            load_tile(keys, head + width, ld, first, tokens, head_dim);
+            load_tile(values, head + 2 * width, ld, first, tokens, head_dim);
+            __syncthreads();
+            int count = tokens - first < tile ? tokens - first : tile;
+            for (int j = 0; j < count; ++j)
+            {
+                float score = row_sum(partial_dot(q, keys, j, part, head_dim));
+                float dp = row_sum(partial_dot(d_o, values, j, part, head_dim));
+                float ds = expf(score * scale - lse_t) * (dp - d_t);
+                REPA_UNROLL
+                for (int c = 0; c < chunks; ++c)
+                    if (4 * slot(part, c) < head_dim) axpy4(ds, keys[j * row_vecs + slot(part, c)], dq[c]);
+            }
+        }
+        if (live)
+        {
+            T* dq_row = d_qkv + head_offset + (long long)t * ld;
+            REPA_UNROLL
+            for (int c = 0; c < chunks; ++c) add4(dq_row, 4 * slot(part, c), head_dim, scale, dq[c]);
+        }
+    }
+}
+
+// dK += scale sum_t dS_ts q_t and dV += sum_t P_ts dO_t for this block's 32 keys, over every query.
+template <typename T, typename L>
+REPA_DEVICE void backward_key(const T* qkv, const T* d_output, const L* lse, const float* delta, T* d_qkv, int batch,
+                              int tokens, int heads, int head_dim, float scale)
+{
+    __shared__ vec4 queries[tile * row_vecs];
+    __shared__ vec4 d_outputs[tile * row_vecs];
+    __shared__ float lse_tile[tile];
+    __shared__ float delta_tile[tile];
+    int width = heads * head_dim;
+    long long ld = 3LL * width;
+    int row = threadIdx.x / parts, part = threadIdx.x % parts;
+    long long pairs = (long long)batch * heads;
+    for (long long pair = blockIdx.y; pair < pairs; pair += gridDim.y)
+    {
+        int n = (int)(pair / heads), h = (int)(pair % heads);
+        long long head_offset = (long long)n * tokens * ld + (long long)h * head_dim;
+        const T* head = qkv + head_offset;
+        const T* d_out_head = d_output + (long long)n * tokens * width + (long long)h * head_dim;
+        int s = blockIdx.x * tile + row;
+        bool live = s < tokens;
+        vec4 k[chunks], v[chunks], dk[chunks], dv[chunks];
+        load_row(head + width + (long long)s * ld, live, part, head_dim, k);
+        load_row(head + 2 * width + (long long)s * ld, live, part, head_dim, v);
+        REPA_UNROLL
+        for (int c = 0; c < chunks; ++c)
+        {
+            dk[c] = zero4();
+            dv[c] = zero4();
+        }
+        for (int first = 0; first < tokens; first += tile)
+        {
+            __syncthreads();
+            load_tile(queries, head, ld, first, tokens, head_dim);
+            load_tile(d_outputs, d_out_head, width, first, tokens, head_dim);
+            if (threadIdx.x < tile)
+            {
+                int t = first + threadIdx.x;
+                lse_tile[threadIdx.x] = t < tokens ? to_float(lse[pair * tokens + t]) : 0.0f;
+                delta_tile[threadIdx.x] = t < tokens ? delta[pair * tokens + t] : 0.0f;
+            }
+            __syncthreads();
+            int count = tokens - first < tile ? tokens - first : tile;
+            for (int i = 0; i < count; ++i)
+            {
+                float score = row_sum(partial_dot(k, queries, i, part, head_dim));
+                float dp = row_sum(partial_dot(v, d_outputs, i, part, head_dim));
+                float p = expf(score * scale - lse_tile[i]);
+                float ds = p * (dp - delta_tile[i]);
+                REPA_UNROLL
+                for (int c = 0; c < chunks; ++c)
+                {
+                    if (4 * slot(part, c) >= head_dim) continue;
+                    axpy4(p, d_outputs[i * row_vecs + slot(part, c)], dv[c]);
+                    axpy4(ds, queries[i * row_vecs + slot(part, c)], dk[c]);
+                }
+            }
+        }
+        if (live)
+        {
+            T* dk_row = d_qkv + head_offset + width + (long long)s * ld;
+            T* dv_row = dk_row + width;
+            REPA_UNROLL
+            for (int c = 0; c < chunks; ++c)
+            {
+                add4(dk_row, 4 * slot(part, c), head_dim, scale, dk[c]);
+                add4(dv_row, 4 * slot(part, c), head_dim, 1.0f, dv[c]);
+            }
+        }
+    }
+}
+
+} // namespace attention
+} // namespace repa
+
+using repa::bf16;
+
+extern "C" __global__ void attention_forward_f32(const float* qkv, float* output, float* lse, int batch, int tokens,
+                                                 int heads, int head_dim, float scale)
+{
+    repa::attention::forward<float, float>(qkv, output, lse, batch, tokens, heads, head_dim, scale);
+}
+REPA_KERNEL(attention_forward_f32);
+
+extern "C" __global__ void attention_backward_query_f32(const float* qkv, const float* output, const float* d_output,
+                                                        const float* lse, float* d_qkv, float* delta, int batch,
+                                                        int tokens, int heads, int head_dim, float scale)
+{
+    repa::attention::backward_query<float, float>(qkv, output, d_output, lse, d_qkv, delta, batch, tokens, heads,
+                                                  head_dim, scale);
+}
+REPA_KERNEL(attention_backward_query_f32);
+
+extern "C" __global__ void attention_backward_key_f32(const float* qkv, const float* d_output, const float* lse,
+                                                      const float* delta, float* d_qkv, int batch, int tokens,
+                                                      int heads, int head_dim, float scale)
+{
+    repa::attention::backward_key<float, float>(qkv, d_output, lse, delta, d_qkv, batch, tokens, heads, head_dim,
+                                                scale);
+}
+REPA_KERNEL(attention_backward_key_f32);
+
+extern "C" __global__ void attention_forward_bf16(const bf16* qkv, bf16* output, bf16* lse, int batch, int tokens,
+                                                  int heads, int head_dim, float scale)
+{
+    repa::attention::forward<bf16, bf16>(qkv, output, lse, batch, tokens, heads, head_dim, scale);
+}
+REPA_KERNEL(attention_forward_bf16);
+
+extern "C" __global__ void attention_backward_query_bf16(const bf16* qkv, const bf16* output, const bf16* d_output,
+                                                         const bf16* lse, bf16* d_qkv, float* delta, int batch,
+                                                         int tokens, int heads, int head_dim, float scale)
+{
+    repa::attention::backward_query<bf16, bf16>(qkv, output, d_output, lse, d_qkv, delta, batch, tokens, heads,
+                                                head_dim, scale);
+}
+REPA_KERNEL(attention_backward_query_bf16);
+
+extern "C" __global__ void attention_backward_key_bf16(const bf16* qkv, const bf16* d_output, const bf16* lse,
+                                                       const float* delta, bf16* d_qkv, int batch, int tokens,
+                                                       int heads, int head_dim, float scale)
+{
+    repa::attention::backward_key<bf16, bf16>(qkv, d_output, lse, delta, d_qkv, batch, tokens, heads, head_dim,
+                                              scale);
+}
+REPA_KERNEL(attention_backward_key_bf16);
+
+extern "C" __global__ void attention_forward_bf16_f32(const bf16* qkv, bf16* output, float* lse, int batch, int tokens,
+                                                      int heads, int head_dim, float scale)
+{
+    repa::attention::forward<bf16, float>(qkv, output, lse, batch, tokens, heads, head_dim, scale);
+}
+REPA_KERNEL(attention_forward_bf16_f32);
+
+extern "C" __global__ void attention_backward_query_bf16_f32(const bf16* qkv, const bf16* output, const bf16* d_output,
+                                                             const float* lse, bf16* d_qkv, float* delta, int batch,
+                                                             int tokens, int heads, int head_dim, float scale)
+{
+    repa::attention::backward_query<bf16, float>(qkv, output, d_output, lse, d_qkv, delta, batch, tokens, heads,
+                                                 head_dim, scale);
+}
+REPA_KERNEL(attention_backward_query_bf16_f32);
+
+extern "C" __global__ void attention_backward_key_bf16_f32(const bf16* qkv, const bf16* d_output, const float* lse,
+                                                           const float* delta, bf16* d_qkv, int batch, int tokens,
+                                                           int heads, int head_dim, float scale)
+{
+    repa::attention::backward_key<bf16, float>(qkv, d_output, lse, delta, d_qkv, batch, tokens, heads, head_dim,
+                                               scale);
+}
+REPA_KERNEL(attention_backward_key_bf16_f32);
