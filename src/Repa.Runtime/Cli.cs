@@ -82,8 +82,8 @@ public static class Cli
           --sample-grid true|false  at the end, write samples.png (8 samples of every class, of 16 evenly spaced classes
                                when there are more, with the objective's default sampler at 25 steps, --weights auto)
                                and samples.npz into the run folder (default true).
-          --device auto|cpu    compute device (default auto = cpu, the reason printed: the CUDA backend lacks the norm,
-                               loss, embedding and optimiser kernels so far, and --device cuda says so).
+          --device auto|cpu|cuda  compute device (default auto: CUDA when a device of compute capability 8.0+ is found,
+                               else the CPU, the reason printed; the CUDA backend is verified on the emulator only).
           --threads N          CPU threads (default: all cores).
 
         SAMPLE OPTIONS
@@ -114,8 +114,8 @@ public static class Cli
           --out DIR            where samples.png and samples.npz (arr_0: uint8 [N, H, W, C], as ADM's evaluator reads)
                                go (default: the checkpoint's folder). Latent models (4 channels) cannot be decoded
                                without the SD VAE, which Repa does not have: their latents go to samples.safetensors.
-          --device auto|cpu    compute device (default auto = cpu, the reason printed; cuda is not complete and ilgpu
-                               not built yet).
+          --device auto|cpu|cuda  compute device (default auto: CUDA when usable, else the CPU, the reason printed;
+                               ilgpu is not built yet).
           --threads N          CPU threads (default: all cores).
           REPA's generate.py defaults differ: --mode ode, --cfg 1.5, 50 steps.
 
@@ -137,7 +137,7 @@ public static class Cli
           --model-batch N      images per model call (default 64).
           --eval-seed N        seed of the sampler and of the probe's noise (default 0).
           --out FILE           (eval) the JSON report (default: eval.json beside the checkpoint).
-          --device auto|cpu, --threads N
+          --device auto|cpu|cuda, --threads N
 
         STUDY OPTIONS (plus the EVAL OPTIONS above)
           --steps N            training steps of each arm (default 1000).
