@@ -7,13 +7,7 @@ namespace Repa.Tests;
 [TestFixture]
 public class CliTests
 {
-    private static (int code, string stdout, string stderr) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Cli.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
+    private static (int code, string stdout, string stderr) Run(params string[] args) => CliRun.Run(args);
 
     [Test]
     public void HelpListsTheCommands()

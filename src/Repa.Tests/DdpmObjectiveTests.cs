@@ -234,11 +234,6 @@ public class DdpmObjectiveTests
     public void ObjectiveAndPresetMustAgree(string[] args, string message)
     {
         TrainerTests.Data();
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Cli.Run(args, o, e);
-        Assert.That(code, Is.EqualTo(2), o.ToString());
-        Assert.That(e.ToString().Trim().Split('\n'), Has.Length.EqualTo(1));
-        Assert.That(e.ToString(), Does.Contain(message));
+        CliRun.AssertOneSentenceError(args, message);
     }
 }

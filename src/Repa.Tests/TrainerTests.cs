@@ -202,11 +202,6 @@ public class TrainerTests
     [TestCase(new[] { "train", "--batch", "6", "--grad-accum", "4", "--proj-coeff", "0" }, "--grad-accum 4 must be at least 1 and divide --batch 6")]
     public void BadTrainInputEndsInOneSentence(string[] args, string message)
     {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Cli.Run(args, o, e);
-        Assert.That(code, Is.EqualTo(2), o.ToString());
-        Assert.That(e.ToString().Trim().Split('\n'), Has.Length.EqualTo(1));
-        Assert.That(e.ToString(), Does.Contain(message));
+        CliRun.AssertOneSentenceError(args, message);
     }
 }
