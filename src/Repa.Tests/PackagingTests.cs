@@ -232,8 +232,17 @@ public sealed class PackagingTests
     /// (build action None, not copied to the output) and a manifest resource "kernels/relative/path".</summary>
     private static void AssertKernelSources(string kernels, ZipArchive zip, Func<string, Stream?> resource)
     {
-        var sources = Directory.EnumerateFiles(kernels, "*", SearchOption.AllDirectories)
+        var all = Directory.EnumerateFiles(kernels, "*", SearchOption.AllDirectories)
             .Where(f => KernelExtensions.Contains(Path.GetExtension(f), StringComparer.OrdinalIgnoreCase)).ToList();
+        // kernels/emu/ is the CPU emulator the tests build: not device code, so neither packed nor embedded.
+        bool Emulator(string file) => Path.GetRelativePath(kernels, file).Replace('\\', '/').StartsWith("emu/", StringComparison.Ordinal);
+        var sources = all.Where(f => !Emulator(f)).ToList();
+        foreach (string file in all.Where(Emulator))
+        {
+            string relative = Path.GetRelativePath(kernels, file).Replace('\\', '/');
+            Assert.That(zip.GetEntry($"contentFiles/any/any/kernels/{relative}"), Is.Null, $"{relative} is not packed");
+            Assert.That(resource($"kernels/{relative}"), Is.Null, $"{relative} is not embedded");
+        }
         Assert.That(sources, Is.Not.Empty, $"{kernels} holds no .cu/.cuh/.h file");
         var id = "Repa.Kernels";
         var contentFiles = Nuspec(zip, id).Elements().Single(e => e.Name.LocalName == "contentFiles").Elements().ToList();
