@@ -1,4 +1,6 @@
+using Repa.Kernels;
 using Repa.Kernels.Cpu;
+using Repa.Kernels.Cuda;
 using Repa.Runtime.Data;
 using Repa.Runtime.Encoders;
 using Repa.Runtime.Models;
@@ -49,8 +51,12 @@ internal static class TrainCommand
         var data = TrainingData.Open(options.DataFolder, options.ImageSize);
         options = options with { ImageSize = data.Size };
         using var backend = ComputeDevice.Open(device, threads, out string? deviceNote);
-        double peak = FmaPeak.Measure(threads, 0.1); // measured, not assumed: MFU is relative to this machine's FMA peak
-        stdout.WriteLine($"device: {backend.Description}, measured fp32 FMA peak {peak:F0} GFLOP/s{(deviceNote != null ? $" ({deviceNote})" : "")}");
+        // MFU: the CPU's FMA peak is measured, not assumed; a GPU's comes from the table of dense peaks (fp32 training).
+        double peak = backend is CudaBackend gpu ? DevicePeaks.Gflops(gpu.DeviceName, DType.F32) ?? 0 : FmaPeak.Measure(threads, 0.1);
+        string peakText = backend is CudaBackend
+            ? peak > 0 ? $"fp32 peak {peak:F0} GFLOP/s (table)" : "no peak listed for this device, so no MFU"
+            : $"measured fp32 FMA peak {peak:F0} GFLOP/s";
+        stdout.WriteLine($"device: {backend.Description}, {peakText}{(deviceNote != null ? $" ({deviceNote})" : "")}");
         OnnxEncoder? encoder = null;
         EncoderTargets? targets = null;
         if (options.Objective.ProjCoeff > 0)
