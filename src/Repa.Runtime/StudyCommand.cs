@@ -71,18 +71,18 @@ internal static class StudyCommand
             {
                 int step = m.Step;
                 if (!evalSteps.Contains(step)) return;
-                bool ema = Trainer.EmaIsUseful(options.EmaDecay, step);
+                bool ema = !SiTSampling.EmaIsMostlyInitial(options.EmaDecay, step);
                 LoadWeights(evalModel, trainer, ema);
                 using var generator = ImageGenerator.ForModel(evalModel, "sit", options.Objective.PathType);
                 var report = evaluator.Evaluate(generator);
                 var point = new StudyPoint(arm, step, ema ? "ema" : "raw", m.Loss, report);
                 points.Add(point);
                 stdout.WriteLine($"study: {arm} step {step} ({point.Weights} weights): {report.Summary()}");
-                Write(outFolder, points, args, evalOptions);
+                Write(outFolder, points, args);
             };
             trainer.Run(stdout);
         }
-        Write(outFolder, points, args, evalOptions);
+        Write(outFolder, points, args);
         stdout.WriteLine($"study: done -> {Path.Combine(outFolder, "study.md")}, {Path.Combine(outFolder, "study-fd.png")}");
         return 0;
     }
@@ -97,7 +97,7 @@ internal static class StudyCommand
     }
 
     /// <summary>Writes study.json, study.md and study-fd.png (rewritten after every evaluation, so a stopped study keeps its results).</summary>
-    private static void Write(string folder, IReadOnlyList<StudyPoint> points, string[] args, EvalOptions evalOptions)
+    private static void Write(string folder, IReadOnlyList<StudyPoint> points, string[] args)
     {
         Directory.CreateDirectory(folder);
         string command = "Repa.Runtime " + string.Join(' ', args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a));

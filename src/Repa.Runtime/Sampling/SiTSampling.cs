@@ -58,6 +58,12 @@ public static class SiTSampling
     public static double InitialShare(double decay, int steps) => Math.Pow(decay, steps);
 
     /// <summary>
+    /// The auto-weights rule: REPA samples its EMA (decay 0.9999), but while decay^steps &gt; 1/2 the EMA is mostly the
+    /// zero-output initial model, so the raw trained weights are the useful ones.
+    /// </summary>
+    public static bool EmaIsMostlyInitial(double decay, int steps) => InitialShare(decay, steps) > 0.5;
+
+    /// <summary>
     /// Loads the SiT (or DiT) of a checkpoint (a .safetensors file or its run folder) with config.json from beside it.
     /// With the EMA (REPA's choice) every trainable tensor comes from its "ema.&lt;name&gt;" average and the frozen ones
     /// (pos_embed) from the state_dict; with the raw weights, everything from the state_dict. <paramref name="weights"/>
@@ -89,7 +95,7 @@ public static class SiTSampling
                     ema = false;
                     note = $"note: checkpoint '{file}' holds no EMA weights; sampling its raw weights.";
                     break;
-                case SamplingWeights.Auto when share > 0.5:
+                case SamplingWeights.Auto when step is { } auto && EmaIsMostlyInitial(settings.EmaDecay, auto):
                     ema = false;
                     note = $"note: {Share()}; sampling the raw weights instead (--weights ema forces the EMA).";
                     break;
@@ -100,7 +106,7 @@ public static class SiTSampling
                     ema = true;
                     if (!hasEma)
                         throw new InvalidDataException($"checkpoint '{file}' has no EMA weights ('{Ema.Prefix}{model.NamedParameters().First(p => !state.Tensors.ContainsKey(Ema.Prefix + p.Name)).Name}' is missing); sample its raw weights with --weights raw or auto.");
-                    if (weights == SamplingWeights.Ema && share > 0.5) note = $"note: {Share()}; --weights raw samples the trained weights.";
+                    if (weights == SamplingWeights.Ema && step is { } forced && EmaIsMostlyInitial(settings.EmaDecay, forced)) note = $"note: {Share()}; --weights raw samples the trained weights.";
                     break;
             }
             var tensors = new Dictionary<string, Tensor>(state.Tensors, StringComparer.Ordinal);

@@ -125,12 +125,6 @@ public sealed class Trainer : IDisposable
     /// <summary>Called after every step (its metrics logged), e.g. to evaluate the model at chosen steps (`study`).</summary>
     public Action<StepMetrics>? AfterStep { get; set; }
 
-    /// <summary>
-    /// Whether sampling should use the EMA: REPA samples its EMA (decay 0.9999), but after few steps the EMA is still
-    /// mostly the zero-output initial model, so past the point where decay^steps &gt; 1/2 the raw weights are the useful ones.
-    /// </summary>
-    public static bool EmaIsUseful(double decay, long steps) => Math.Pow(decay, steps) <= 0.5;
-
     /// <summary>The EMA of the parameters (its tensors by state_dict name), e.g. to evaluate them in place of the raw weights.</summary>
     public Ema Ema => ema;
 
