@@ -43,7 +43,7 @@ public sealed unsafe partial class CpuBackend
     public void AttentionForward(DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp,
         int batch, int tokens, int heads, int headDim, double scale)
     {
-        CheckAttention("attention forward", qkv, output, logSumExp, null, null, batch, tokens, heads, headDim);
+        OpChecks.Attention("attention forward", qkv, output, logSumExp, null, null, batch, tokens, heads, headDim);
         if ((long)batch * tokens * heads * headDim == 0) return;
         switch (qkv.DType)
         {
@@ -62,7 +62,7 @@ public sealed unsafe partial class CpuBackend
     public void AttentionBackward(DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer dOutput, DeviceBuffer logSumExp,
         DeviceBuffer dQkv, int batch, int tokens, int heads, int headDim, double scale)
     {
-        CheckAttention("attention backward", qkv, output, logSumExp, dOutput, dQkv, batch, tokens, heads, headDim);
+        OpChecks.Attention("attention backward", qkv, output, logSumExp, dOutput, dQkv, batch, tokens, heads, headDim);
         if ((long)batch * tokens * heads * headDim == 0) return;
         switch (qkv.DType)
         {
@@ -75,26 +75,6 @@ public sealed unsafe partial class CpuBackend
                     Host(logSumExp).Ptr<double>(), Host(dQkv).Ptr<double>(), batch, tokens, heads, headDim, scale);
                 break;
             default: throw Unsupported(qkv.DType);
-        }
-    }
-
-    private static void CheckAttention(string op, DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp,
-        DeviceBuffer? dOutput, DeviceBuffer? dQkv, int batch, int tokens, int heads, int headDim)
-    {
-        if (batch < 0 || tokens < 0 || heads < 0 || headDim < 0)
-            throw new ArgumentOutOfRangeException(nameof(batch), $"{op}: sizes must be >= 0 (batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}).");
-        long rows = (long)batch * tokens, d = (long)heads * headDim;
-        Need(qkv, rows * 3 * d, "qkv");
-        Need(output, rows * d, "output");
-        Need(logSumExp, (long)batch * heads * tokens, "logSumExp");
-        if (dOutput != null) Need(dOutput, rows * d, "dOutput");
-        if (dQkv != null) Need(dQkv, rows * 3 * d, "dQkv");
-
-        void Need(DeviceBuffer b, long length, string name)
-        {
-            if (b.DType != qkv.DType) throw new ArgumentException($"{op}: {name} {b} is not {qkv.DType.Name()} like qkv.");
-            if (b.Length < length)
-                throw new ArgumentException($"{op}: {name} {b} holds fewer than the {length} elements of batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}.");
         }
     }
 

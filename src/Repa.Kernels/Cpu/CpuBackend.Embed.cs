@@ -10,12 +10,10 @@ public sealed unsafe partial class CpuBackend
 
     public void EmbeddingForward(DeviceBuffer table, DeviceBuffer ids, DeviceBuffer y, long count, int vocab, int dim)
     {
-        if (ids.DType != DType.I32) throw new ArgumentException($"embedding: ids must be int32, not {ids.DType.Name()}.");
+        OpChecks.EmbeddingIds(ids);
         int* id = Host(ids).Ptr<int>();
         // Validate up front (cheap) so a bad id fails with a clear message instead of reading out of bounds.
-        for (long i = 0; i < count; i++)
-            if ((uint)id[i] >= (uint)vocab)
-                throw new ArgumentOutOfRangeException(nameof(ids), id[i], $"embedding: id {id[i]} at position {i} is out of range for a table of {vocab} rows (valid ids are 0..{vocab - 1}).");
+        OpChecks.EmbeddingIdsInRange(new ReadOnlySpan<int>(id, checked((int)count)), vocab);
         switch (y.DType)
         {
             case DType.F32: EmbeddingForward(Host(table).Ptr<float>(), id, Host(y).Ptr<float>(), count, dim); break;
@@ -35,7 +33,7 @@ public sealed unsafe partial class CpuBackend
 
     public void EmbeddingBackward(DeviceBuffer ids, DeviceBuffer dy, DeviceBuffer dTable, long count, int vocab, int dim)
     {
-        if (ids.DType != DType.I32) throw new ArgumentException($"embedding: ids must be int32, not {ids.DType.Name()}.");
+        OpChecks.EmbeddingIds(ids);
         switch (dTable.DType)
         {
             case DType.F32: EmbeddingBackward(Host(ids).Ptr<int>(), Host(dy).Ptr<float>(), Host(dTable).Ptr<float>(), count, dim); break;

@@ -7,8 +7,7 @@ public sealed unsafe partial class CpuBackend
         DeviceBuffer b, long offsetB, int ldb, long strideB,
         double beta, DeviceBuffer c, long offsetC, int ldc, long strideC, int batch = 1)
     {
-        if (a.DType != b.DType || a.DType != c.DType)
-            throw new ArgumentException($"gemm: operand dtypes differ ({a.DType.Name()}, {b.DType.Name()}, {c.DType.Name()}).");
+        OpChecks.GemmTypes(a, b, c);
         switch (c.DType)
         {
             case DType.F32:

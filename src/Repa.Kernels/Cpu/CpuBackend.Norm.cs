@@ -80,13 +80,8 @@ public sealed unsafe partial class CpuBackend
 
     private static T* NormPtr<T>(DeviceBuffer? buffer) where T : unmanaged => buffer == null ? null : Host(buffer).Ptr<T>();
 
-    private static void NormCheckSizes(string op, int rows, int dim, int rowsPerGroup, bool grouped)
-    {
-        if (rows < 0 || dim < 1)
-            throw new ArgumentOutOfRangeException(nameof(rows), $"cpu {op}: rows {rows} must be >= 0 and dim {dim} >= 1.");
-        if (grouped && (rowsPerGroup < 1 || rows % rowsPerGroup != 0))
-            throw new ArgumentOutOfRangeException(nameof(rowsPerGroup), $"cpu {op}: rowsPerGroup {rowsPerGroup} must be >= 1 and divide rows {rows}.");
-    }
+    private static void NormCheckSizes(string op, int rows, int dim, int rowsPerGroup, bool grouped) =>
+        OpChecks.NormSizes("cpu", op, rows, dim, rowsPerGroup, grouped);
 
     // ---- LayerNorm ----
 

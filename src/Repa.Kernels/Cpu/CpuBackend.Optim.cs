@@ -23,7 +23,7 @@ public sealed unsafe partial class CpuBackend
         double beta2, double eps, double weightDecay, double gradScale, int step)
     {
         foreach (var b in new[] { param, grad, m, v }) RequireOptimBuffer("adamw", b, param.DType, n);
-        if (step < 1) throw new ArgumentOutOfRangeException(nameof(step), step, "adamw: step is 1-based (the count after this update).");
+        OpChecks.AdamWStep(step);
         // Scalars are formed in float64 and rounded once to the compute type, as PyTorch does with Python floats.
         var k = new AdamWScalars(lr, beta1, beta2, eps, weightDecay, gradScale, step);
         switch (param.DType)
@@ -46,11 +46,7 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    private static void RequireOptimBuffer(string op, DeviceBuffer b, DType dtype, long n)
-    {
-        if (b.DType != dtype) throw new ArgumentException($"{op}: {b} does not match dtype {dtype.Name()}.");
-        if (n < 0 || n > b.Length) throw new ArgumentOutOfRangeException(nameof(n), n, $"{op}: {n} elements do not fit {b}.");
-    }
+    private static void RequireOptimBuffer(string op, DeviceBuffer b, DType dtype, long n) => OpChecks.OptimBuffer(op, b, dtype, n);
 
     // ---- sum of squares ----
 

@@ -62,13 +62,8 @@ public sealed unsafe partial class CpuBackend : IBackend
         new ReadOnlySpan<T>((byte*)Host(source).Pointer + offset * sizeof(T), destination.Length).CopyTo(destination);
     }
 
-    private static void CheckRange(DeviceBuffer buffer, long offset, long count, int elementSize)
-    {
-        if (elementSize != buffer.DType.SizeInBytes())
-            throw new ArgumentException($"element size {elementSize} does not match {buffer}.");
-        if (offset < 0 || offset + count > buffer.Length)
-            throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + count}) is outside {buffer}.");
-    }
+    private static void CheckRange(DeviceBuffer buffer, long offset, long count, int elementSize) =>
+        OpChecks.Range(buffer, offset, count, elementSize);
 
     public void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count)
     {
