@@ -12,7 +12,7 @@ namespace Repa.Tests.Cuda;
 public abstract partial class CudaBackendTests
 {
     /// <summary>(batch, heads, tokens, head_dim, scale or null for head_dim^-0.5), small enough for the emulator.</summary>
-    private static readonly (int Batch, int Heads, int Tokens, int HeadDim, double? Scale)[] AttentionCases =
+    internal static readonly (int Batch, int Heads, int Tokens, int HeadDim, double? Scale)[] AttentionCases =
     [
         (1, 1, 1, 8, null),
         (2, 3, 7, 16, 0.3),

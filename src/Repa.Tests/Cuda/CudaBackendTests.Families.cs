@@ -28,7 +28,7 @@ public abstract partial class CudaBackendTests
     // ---- norm -----------------------------------------------------------------------------------------------------
 
     /// <summary>(rows, dim, rows per group, weight, bias, shift, scale).</summary>
-    private static readonly object[] LayerNormCases =
+    internal static readonly object[] LayerNormCases =
     [
         new object[] { 9, 1, 1, false, false, false, false },
         new object[] { 9, 1, 3, true, true, true, true }, // width 1: xhat = 0, the partials fold as one column

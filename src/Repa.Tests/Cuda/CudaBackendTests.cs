@@ -276,7 +276,7 @@ public abstract partial class CudaBackendTests
 
     /// <summary>(output shape, a's shape, b's shape): equal shapes, the bias row, scalars, middle broadcasts, one element,
     /// and eight axes that do not merge (more than the kernel's six).</summary>
-    private static readonly (int[] Shape, int[] A, int[] B)[] BroadcastCases =
+    internal static readonly (int[] Shape, int[] A, int[] B)[] BroadcastCases =
     [
         ([1001], [1001], [1001]),
         ([37, 65], [37, 65], [65]),
@@ -340,7 +340,7 @@ public abstract partial class CudaBackendTests
     }
 
     /// <summary>(outer, reduce, inner): rows (inner 1) and column tiles, odd sizes, single elements, empty reductions.</summary>
-    private static readonly (int Outer, int Reduce, int Inner)[] SumCases =
+    internal static readonly (int Outer, int Reduce, int Inner)[] SumCases =
     [
         (1, 1, 1), (7, 1000, 1), (3, 33, 1), (1, 1, 77), (5, 9, 33), (1, 257, 64), (2, 3, 1000), (4, 0, 5), (3, 0, 1),
     ];
@@ -363,7 +363,7 @@ public abstract partial class CudaBackendTests
     // ---- permutes, row copies -------------------------------------------------------------------------------------
 
     /// <summary>(x's shape, permutation): transposes, merged axes, unit axes, identity, and seven unmergeable axes.</summary>
-    private static readonly (int[] Shape, int[] Perm)[] PermuteCases =
+    internal static readonly (int[] Shape, int[] Perm)[] PermuteCases =
     [
         ([17, 33], [1, 0]),
         ([2, 3, 4, 5], [0, 2, 1, 3]),
@@ -420,7 +420,7 @@ public abstract partial class CudaBackendTests
 
     // ---- GEMM -----------------------------------------------------------------------------------------------------
 
-    private static readonly (int M, int N, int K)[] GemmSizes = [(1, 1, 1), (7, 5, 3), (33, 17, 65), (1, 40, 9)];
+    internal static readonly (int M, int N, int K)[] GemmSizes = [(1, 1, 1), (7, 5, 3), (33, 17, 65), (1, 40, 9)];
 
     [Test]
     public void GemmMatchesTheCpuForEveryTransposePair([Values] bool transA, [Values] bool transB,
@@ -446,7 +446,7 @@ public abstract partial class CudaBackendTests
         output == DType.F32 ? Tolerance.Close(16 * F32Epsilon, 4 * F32Epsilon * k) : Tolerance.Close(1.0 / 128, 1e-5 * Math.Sqrt(k));
 
     /// <summary>(rows, in, out): out a multiple of 8 (cuBLASLt's GELU aux), out not (the composed fallback for GELU).</summary>
-    private static readonly (int Rows, int In, int Out)[] LinearSizes = [(7, 13, 16), (33, 65, 24), (5, 9, 12), (1, 3, 1)];
+    internal static readonly (int Rows, int In, int Out)[] LinearSizes = [(7, 13, 16), (33, 65, 24), (5, 9, 12), (1, 3, 1)];
 
     [Test]
     public void LinearForwardMatchesTheCpu([Values(DType.F32, DType.BF16)] DType dtype, [Values] bool withBias,
