@@ -14,7 +14,7 @@ namespace Repa.Tests.Ilgpu;
 /// shared) in float32 through <see cref="BackendEquivalence"/>.
 /// </summary>
 [TestFixture, Category("Ilgpu"), NonParallelizable]
-public sealed class IlgpuBackendTests
+public sealed partial class IlgpuBackendTests
 {
     private IlgpuBackend ilgpu = null!;
     private CpuBackend cpu = null!;
