@@ -113,8 +113,28 @@ internal static partial class IlgpuKernels
         for (long i = First; i < x.Length; i += Step) y[i] = x[i];
     }
 
+    public static void FillLongBits(ArrayView<long> y, long bits)
+    {
+        for (long i = First; i < y.Length; i += Step) y[i] = bits;
+    }
+
     public static void IntToFloat(ArrayView<int> x, ArrayView<float> y)
     {
         for (long i = First; i < x.Length; i += Step) y[i] = x[i];
+    }
+
+    public static void IntToDouble(ArrayView<int> x, ArrayView<double> y)
+    {
+        for (long i = First; i < x.Length; i += Step) y[i] = x[i];
+    }
+
+    public static void FloatToDouble(ArrayView<float> x, ArrayView<double> y)
+    {
+        for (long i = First; i < x.Length; i += Step) y[i] = x[i];
+    }
+
+    public static void DoubleToFloat(ArrayView<double> x, ArrayView<float> y)
+    {
+        for (long i = First; i < x.Length; i += Step) y[i] = (float)x[i];
     }
 }

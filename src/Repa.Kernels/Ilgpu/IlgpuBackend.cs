@@ -131,9 +131,12 @@ public sealed partial class IlgpuBackend : IBackend
 
     public bool Supports(DType dtype) => dtype is DType.F32 or DType.I32;
 
+    /// <summary>float64 is storage only (Upload, Download, Copy, Fill, Convert), for reading results back exactly.</summary>
+    private static bool Holds(DType dtype) => dtype is DType.F32 or DType.I32 or DType.F64;
+
     public DeviceBuffer Allocate(DType dtype, long length)
     {
-        if (!Supports(dtype)) throw new NotSupportedException($"ilgpu backend does not hold {dtype.Name()}; use float32 (or int32 for ids).");
+        if (!Holds(dtype)) throw new NotSupportedException($"ilgpu backend does not hold {dtype.Name()}; use float32 (float64 is storage only, int32 for ids).");
         if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), length, "buffer length must be >= 0");
         Interlocked.Increment(ref allocations);
         accelerator.Bind();
@@ -189,6 +192,11 @@ public sealed partial class IlgpuBackend : IBackend
         OpChecks.Range(source, sourceOffset, count, size);
         OpChecks.Range(destination, destinationOffset, count, size);
         if (count == 0) return;
+        // Moved as 32-bit words (a float64 is two).
+        int words = size / 4;
+        sourceOffset *= words;
+        destinationOffset *= words;
+        count *= words;
         var from = Own(source).Elements<int>().SubView(sourceOffset, count);
         var to = Own(destination).Elements<int>().SubView(destinationOffset, count);
         bool overlap = ReferenceEquals(source, destination) && Math.Abs(sourceOffset - destinationOffset) < count;
@@ -208,6 +216,11 @@ public sealed partial class IlgpuBackend : IBackend
     {
         OpChecks.Range(destination, offset, count, destination.DType.SizeInBytes());
         if (count == 0) return;
+        if (destination.DType == DType.F64)
+        {
+            Launch1D(count, IlgpuKernels.FillLongBits, Own(destination).Elements<long>().SubView(offset, count), BitConverter.DoubleToInt64Bits(value));
+            return;
+        }
         int bits = destination.DType switch
         {
             DType.F32 => BitConverter.SingleToInt32Bits((float)value),
@@ -227,10 +240,17 @@ public sealed partial class IlgpuBackend : IBackend
             Copy(source, 0, destination, 0, count);
             return;
         }
-        if (source.DType != DType.I32 || destination.DType != DType.F32)
-            throw new NotSupportedException($"ilgpu: no conversion from {source.DType.Name()} to {destination.DType.Name()}.");
         if (count == 0) return;
-        Launch1D(count, IlgpuKernels.IntToFloat, I(source), F(destination));
+        var from = Own(source);
+        var to = Own(destination);
+        switch (source.DType, destination.DType)
+        {
+            case (DType.I32, DType.F32): Launch1D(count, IlgpuKernels.IntToFloat, from.Elements<int>().SubView(0, count), to.Elements<float>()); break;
+            case (DType.I32, DType.F64): Launch1D(count, IlgpuKernels.IntToDouble, from.Elements<int>().SubView(0, count), to.Elements<double>()); break;
+            case (DType.F32, DType.F64): Launch1D(count, IlgpuKernels.FloatToDouble, from.Elements<float>().SubView(0, count), to.Elements<double>()); break;
+            case (DType.F64, DType.F32): Launch1D(count, IlgpuKernels.DoubleToFloat, from.Elements<double>().SubView(0, count), to.Elements<float>()); break;
+            default: throw new NotSupportedException($"ilgpu: no conversion from {source.DType.Name()} to {destination.DType.Name()}.");
+        }
     }
 
     public void Synchronize()

@@ -54,7 +54,7 @@ public sealed partial class IlgpuBackendTests
         Assert.That(ilgpu.IsSimulator, Is.True);
         Assert.That(ilgpu.Description, Does.StartWith("ilgpu: ").And.Contain("simulator, for tests"));
         Assert.That(ilgpu.Supports(DType.F32) && ilgpu.Supports(DType.I32), Is.True);
-        Assert.That(ilgpu.Supports(DType.F64) || ilgpu.Supports(DType.BF16), Is.False);
+        Assert.That(ilgpu.Supports(DType.F64) || ilgpu.Supports(DType.BF16), Is.False, "float64 is storage only");
         Assert.Throws<NotSupportedException>(() => ilgpu.Allocate(DType.BF16, 4));
         TestContext.Out.WriteLine(ilgpu.Description);
     }
@@ -87,7 +87,7 @@ public sealed partial class IlgpuBackendTests
     }
 
     [Test]
-    public void CopyFillAndConvertMatchTheCpu([Values(DType.F32, DType.I32)] DType dtype)
+    public void CopyFillAndConvertMatchTheCpu([Values(DType.F32, DType.I32, DType.F64)] DType dtype)
     {
         var source = eq.Random(dtype, 37, scale: 100);
         var target = eq.Random(dtype, 41, scale: 100);
@@ -106,8 +106,21 @@ public sealed partial class IlgpuBackendTests
         eq.AssertClose(source, Tolerance.Bits, "overlapping copies move as memmove");
         var ints = eq.Ints(16777217, -16777219, int.MaxValue, int.MinValue, 0, -7, 123456789);
         var floats = eq.Values(DType.F32, new float[7]);
-        eq.Run((be, on) => be.Convert(on(ints), on(floats), 7));
+        var doubles = eq.Values(DType.F64, new float[7]);
+        var wide = eq.Values(DType.F64, new float[37]);
+        var narrow = eq.Values(DType.F32, new float[37]);
+        var f32 = eq.Random(DType.F32, 37, scale: 1e5);
+        eq.Run((be, on) =>
+        {
+            be.Convert(on(ints), on(floats), 7);
+            be.Convert(on(ints), on(doubles), 7);
+            be.Convert(on(f32), on(wide), 37);
+            be.Convert(on(wide), on(narrow), 37);
+        });
         eq.AssertClose(floats, Tolerance.Bits, "int32 -> float32 rounds to nearest even");
+        eq.AssertClose(doubles, Tolerance.Bits, "int32 -> float64");
+        eq.AssertClose(wide, Tolerance.Bits, "float32 -> float64");
+        eq.AssertClose(narrow, Tolerance.Bits, "float64 -> float32");
     }
 
     [Test]
