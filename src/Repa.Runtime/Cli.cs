@@ -82,8 +82,9 @@ public static class Cli
           --sample-grid true|false  at the end, write samples.png (8 samples of every class, of 16 evenly spaced classes
                                when there are more, with the objective's default sampler at 25 steps, --weights auto)
                                and samples.npz into the run folder (default true).
-          --device auto|cpu|cuda  compute device (default auto: CUDA when a device of compute capability 8.0+ is found,
-                               else the CPU, the reason printed; the CUDA backend is verified on the emulator only).
+          --device auto|cpu|cuda|ilgpu  compute device (default auto: CUDA when a device of compute capability 8.0+ is
+                               found, else ILGPU on a CUDA or OpenCL GPU, else the CPU, the choice and reason printed;
+                               the GPU backends are verified on CPU simulators only; ilgpu computes in float32).
           --mixed-precision auto|no|bf16  bf16: bfloat16 activations and GEMM inputs, float32 master weights, AdamW
                                state, LayerNorm/softmax statistics and losses; no: float32 throughout (default auto:
                                bf16 on CUDA, no on the CPU, which computes in float32).
@@ -117,8 +118,8 @@ public static class Cli
           --out DIR            where samples.png and samples.npz (arr_0: uint8 [N, H, W, C], as ADM's evaluator reads)
                                go (default: the checkpoint's folder). Latent models (4 channels) cannot be decoded
                                without the SD VAE, which Repa does not have: their latents go to samples.safetensors.
-          --device auto|cpu|cuda  compute device (default auto: CUDA when usable, else the CPU, the reason printed;
-                               ilgpu is not built yet).
+          --device auto|cpu|cuda|ilgpu  compute device (default auto: CUDA when usable, else ILGPU on a GPU, else the
+                               CPU, the choice and reason printed).
           --threads N          CPU threads (default: all cores).
           REPA's generate.py defaults differ: --mode ode, --cfg 1.5, 50 steps.
 
@@ -140,7 +141,7 @@ public static class Cli
           --model-batch N      images per model call (default 64).
           --eval-seed N        seed of the sampler and of the probe's noise (default 0).
           --out FILE           (eval) the JSON report (default: eval.json beside the checkpoint).
-          --device auto|cpu|cuda, --threads N
+          --device auto|cpu|cuda|ilgpu, --threads N
 
         STUDY OPTIONS (plus the EVAL OPTIONS above)
           --steps N            training steps of each arm (default 1000).

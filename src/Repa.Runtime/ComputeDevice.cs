@@ -1,6 +1,7 @@
 using Repa.Kernels;
 using Repa.Kernels.Cpu;
 using Repa.Kernels.Cuda;
+using Repa.Kernels.Ilgpu;
 
 namespace Repa.Runtime;
 
@@ -8,7 +9,9 @@ namespace Repa.Runtime;
 /// The compute devices a user can name (`--device`): auto, cpu, cuda, ilgpu. cuda opens <see cref="CudaBackend"/> when
 /// <see cref="CudaLibraries.Probe"/> finds a usable device; but while the CUDA backend still lacks op families that
 /// training and sampling need (<see cref="CudaBackend.MissingOpFamilies"/>), naming it fails up front with one sentence
-/// saying which, and auto stays on the CPU (its note says why). ILGPU is a later issue.
+/// saying which. ilgpu opens <see cref="IlgpuBackend"/> on a CUDA or OpenCL GPU that ILGPU finds (its CPU accelerator
+/// is a simulator for tests, never chosen here). auto takes CUDA when it is usable, else ILGPU on a GPU, else the CPU,
+/// and its note says what it chose and why.
 /// </summary>
 public static class ComputeDevice
 {
@@ -26,24 +29,34 @@ public static class ComputeDevice
     {
         Cpu,
         Cuda,
+        Ilgpu,
     }
+
+    /// <summary>What ILGPU finds: a GPU (CUDA or OpenCL accelerator) or not, and a sentence saying which.</summary>
+    internal readonly record struct IlgpuProbe(bool IsAvailable, string Message);
 
     /// <summary>
     /// Opens the backend named <paramref name="device"/> with <paramref name="threads"/> CPU threads (0 = all cores).
     /// <paramref name="note"/> says what "auto" chose and why (null for an explicit device). Throws
     /// <see cref="NotSupportedException"/> with one sentence when the device cannot run Repa (cuda without a usable
-    /// device or with op families still missing, ilgpu) and <see cref="ArgumentException"/> for unknown names.
+    /// device or with op families still missing, ilgpu without a GPU) and <see cref="ArgumentException"/> for unknown names.
     /// </summary>
     public static IBackend Open(string device, int threads, out string? note)
     {
         ArgumentNullException.ThrowIfNull(device);
         if (threads < 0) throw new ArgumentException($"the CPU thread count must be >= 0 (0 = all cores), got {threads}.", nameof(threads));
-        if (Choose(device, out note) == Choice.Cuda)
+        switch (Choose(device, out note))
         {
-            string? emulator = EmulatorPath();
-            return emulator != null ? CudaBackend.CreateEmulated(emulator) : CudaBackend.Create();
+            case Choice.Cuda:
+            {
+                string? emulator = EmulatorPath();
+                return emulator != null ? CudaBackend.CreateEmulated(emulator) : CudaBackend.Create();
+            }
+            case Choice.Ilgpu:
+                return IlgpuBackend.Create(preferGpu: true);
+            default:
+                return new CpuBackend(threads == 0 ? Environment.ProcessorCount : threads);
         }
-        return new CpuBackend(threads == 0 ? Environment.ProcessorCount : threads);
     }
 
     /// <summary>Validates a device name before any expensive work (probing CUDA where it matters); returns the note of
@@ -56,7 +69,13 @@ public static class ComputeDevice
     }
 
     private static Choice Choose(string device, out string? note) =>
-        Choose(device, CudaBackend.MissingOpFamilies, ProbeCuda, out note);
+        Choose(device, CudaBackend.MissingOpFamilies, ProbeCuda, ProbeIlgpu, out note);
+
+    private static IlgpuProbe ProbeIlgpu()
+    {
+        string? gpu = IlgpuBackend.ProbeGpu(out string reason);
+        return new IlgpuProbe(gpu != null, reason);
+    }
 
     /// <summary>The emulator library when <see cref="EmulatorVariable"/> is set, or when this process chose it already
     /// (CUDA's libraries are bound once per process).</summary>
@@ -73,10 +92,12 @@ public static class ComputeDevice
     }
 
     /// <summary>
-    /// The decision, given the CUDA backend's missing op families and a probe (called only when the answer depends on
-    /// it): cuda needs a usable device and a complete backend; auto takes CUDA when both hold, else the CPU with a note.
+    /// The decision, given the CUDA backend's missing op families and the probes (each called only when the answer
+    /// depends on it): cuda needs a usable device and a complete backend; ilgpu a GPU that ILGPU finds; auto takes CUDA
+    /// when both hold, else ILGPU on a GPU, else the CPU, with a note saying why.
     /// </summary>
-    internal static Choice Choose(string device, IReadOnlyList<string> missingFamilies, Func<CudaProbeResult> probe, out string? note)
+    internal static Choice Choose(string device, IReadOnlyList<string> missingFamilies, Func<CudaProbeResult> probe,
+        Func<IlgpuProbe> probeIlgpu, out string? note)
     {
         note = null;
         switch (device)
@@ -94,23 +115,35 @@ public static class ComputeDevice
             }
             case "auto":
             {
-                if (missingFamilies.Count > 0)
+                // No CUDA probe while the backend is incomplete: probing would bind the driver for nothing.
+                string why;
+                if (missingFamilies.Count > 0) why = $"the CUDA backend does not implement the {Join(missingFamilies)} ops yet";
+                else
                 {
-                    // No probe: a complete backend is the first condition, and probing would bind the driver for nothing.
-                    note = $"auto chose the CPU: the CUDA backend does not implement the {Join(missingFamilies)} ops yet";
-                    return Choice.Cpu;
+                    var found = probe();
+                    if (found.IsAvailable)
+                    {
+                        note = $"auto chose CUDA: {found.Message.TrimEnd('.')}";
+                        return Choice.Cuda;
+                    }
+                    why = found.Message.TrimEnd('.');
                 }
-                var found = probe();
-                if (!found.IsAvailable)
+                var gpu = probeIlgpu();
+                if (gpu.IsAvailable)
                 {
-                    note = $"auto chose the CPU: {found.Message.TrimEnd('.')}";
-                    return Choice.Cpu;
+                    note = $"auto chose ILGPU: {gpu.Message.TrimEnd('.')} ({why})";
+                    return Choice.Ilgpu;
                 }
-                note = $"auto chose CUDA: {found.Message.TrimEnd('.')}";
-                return Choice.Cuda;
+                note = $"auto chose the CPU: {why}; {gpu.Message.TrimEnd('.')}";
+                return Choice.Cpu;
             }
             case "ilgpu":
-                throw new NotSupportedException("--device ilgpu: the ILGPU backend is not built yet (it arrives with a later issue); use --device cpu or auto.");
+            {
+                var gpu = probeIlgpu();
+                if (!gpu.IsAvailable)
+                    throw new NotSupportedException($"--device ilgpu: {gpu.Message.TrimEnd('.')} (its CPU accelerator is a simulator for tests only); use --device cpu or auto.");
+                return Choice.Ilgpu;
+            }
             default:
                 throw new ArgumentException($"--device must be one of {string.Join(", ", Names)}, got '{device}'.");
         }

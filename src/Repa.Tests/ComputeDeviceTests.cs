@@ -20,9 +20,18 @@ public sealed class ComputeDeviceTests
     private static readonly CudaProbeResult Device = new(true, "CUDA device 0: NVIDIA H100 (compute capability 9.0, 79.1 GiB, driver API 12.4).", "NVIDIA H100", 90, 12040);
     private static readonly string[] Missing = ["norm", "loss", "attention", "embedding", "optimiser"];
 
+    private static readonly ComputeDevice.IlgpuProbe NoGpu = new(false, "ILGPU found no CUDA or OpenCL GPU");
+    private static readonly ComputeDevice.IlgpuProbe OpenClGpu = new(true, "ILGPU found Radeon RX 7900 (OpenCL)");
+
     private static Func<CudaProbeResult> Probe(CudaProbeResult result, List<string> calls) => () =>
     {
         calls.Add("probe");
+        return result;
+    };
+
+    private static Func<ComputeDevice.IlgpuProbe> Ilgpu(ComputeDevice.IlgpuProbe result, List<string>? calls = null) => () =>
+    {
+        calls?.Add("ilgpu");
         return result;
     };
 
@@ -30,10 +39,10 @@ public sealed class ComputeDeviceTests
     public void AutoStaysOnTheCpuWhileTheCudaBackendIsIncomplete()
     {
         var calls = new List<string>();
-        Assert.That(ComputeDevice.Choose("auto", Missing, Probe(Device, calls), out string? note), Is.EqualTo(Choice.Cpu));
-        Assert.That(note, Is.EqualTo("auto chose the CPU: the CUDA backend does not implement the norm, loss, attention, embedding and optimiser ops yet"));
+        Assert.That(ComputeDevice.Choose("auto", Missing, Probe(Device, calls), Ilgpu(NoGpu), out string? note), Is.EqualTo(Choice.Cpu));
+        Assert.That(note, Is.EqualTo("auto chose the CPU: the CUDA backend does not implement the norm, loss, attention, embedding and optimiser ops yet; ILGPU found no CUDA or OpenCL GPU"));
         Assert.That(calls, Is.Empty, "no probe (it would bind the driver for nothing)");
-        Assert.That(ComputeDevice.Choose("cpu", Missing, Probe(Device, calls), out note), Is.EqualTo(Choice.Cpu));
+        Assert.That(ComputeDevice.Choose("cpu", Missing, Probe(Device, calls), Ilgpu(NoGpu), out note), Is.EqualTo(Choice.Cpu));
         Assert.That(note, Is.Null);
         Assert.That(calls, Is.Empty);
     }
@@ -42,10 +51,10 @@ public sealed class ComputeDeviceTests
     public void AutoTakesACompleteBackendOnAUsableDevice()
     {
         var calls = new List<string>();
-        Assert.That(ComputeDevice.Choose("auto", [], Probe(Device, calls), out string? note), Is.EqualTo(Choice.Cuda));
+        Assert.That(ComputeDevice.Choose("auto", [], Probe(Device, calls), Ilgpu(NoGpu), out string? note), Is.EqualTo(Choice.Cuda));
         Assert.That(note, Is.EqualTo("auto chose CUDA: CUDA device 0: NVIDIA H100 (compute capability 9.0, 79.1 GiB, driver API 12.4)"));
-        Assert.That(ComputeDevice.Choose("auto", [], Probe(NoDriver, calls), out note), Is.EqualTo(Choice.Cpu));
-        Assert.That(note, Is.EqualTo("auto chose the CPU: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found"));
+        Assert.That(ComputeDevice.Choose("auto", [], Probe(NoDriver, calls), Ilgpu(NoGpu), out note), Is.EqualTo(Choice.Cpu));
+        Assert.That(note, Is.EqualTo("auto chose the CPU: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found; ILGPU found no CUDA or OpenCL GPU"));
         Assert.That(calls, Has.Count.EqualTo(2));
     }
 
@@ -53,17 +62,35 @@ public sealed class ComputeDeviceTests
     public void CudaNeedsADeviceAndACompleteBackend()
     {
         var calls = new List<string>();
-        var e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", Missing, Probe(NoDriver, calls), out _))!;
+        var e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", Missing, Probe(NoDriver, calls), Ilgpu(NoGpu), out _))!;
         Assert.That(e.Message, Is.EqualTo("--device cuda: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found; use --device cpu or auto."));
-        e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", Missing, Probe(Device, calls), out _))!;
+        e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", Missing, Probe(Device, calls), Ilgpu(NoGpu), out _))!;
         Assert.That(e.Message, Is.EqualTo("--device cuda: the CUDA backend does not implement the norm, loss, attention, embedding and optimiser ops yet, which training and sampling need; use --device cpu or auto."));
-        e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", ["attention"], Probe(Device, calls), out _))!;
+        e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("cuda", ["attention"], Probe(Device, calls), Ilgpu(NoGpu), out _))!;
         Assert.That(e.Message, Does.Contain("does not implement the attention ops yet,"));
-        Assert.That(ComputeDevice.Choose("cuda", [], Probe(Device, calls), out string? note), Is.EqualTo(Choice.Cuda));
+        Assert.That(ComputeDevice.Choose("cuda", [], Probe(Device, calls), Ilgpu(NoGpu), out string? note), Is.EqualTo(Choice.Cuda));
         Assert.That(note, Is.Null);
-        Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("ilgpu", [], Probe(Device, calls), out _));
-        var unknown = Assert.Throws<ArgumentException>(() => ComputeDevice.Choose("gpu", [], Probe(Device, calls), out _))!;
+        Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("ilgpu", [], Probe(Device, calls), Ilgpu(NoGpu), out _));
+        var unknown = Assert.Throws<ArgumentException>(() => ComputeDevice.Choose("gpu", [], Probe(Device, calls), Ilgpu(NoGpu), out _))!;
         Assert.That(unknown.Message, Is.EqualTo("--device must be one of auto, cpu, cuda, ilgpu, got 'gpu'."));
+    }
+
+    [Test]
+    public void AutoFallsBackToIlgpuOnAGpuAndIlgpuNeedsOne()
+    {
+        var calls = new List<string>();
+        Assert.That(ComputeDevice.Choose("auto", [], Probe(NoDriver, calls), Ilgpu(OpenClGpu, calls), out string? note), Is.EqualTo(Choice.Ilgpu));
+        Assert.That(note, Is.EqualTo("auto chose ILGPU: ILGPU found Radeon RX 7900 (OpenCL) (CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found)"));
+        Assert.That(calls, Is.EqualTo(new[] { "probe", "ilgpu" }));
+        calls.Clear();
+        Assert.That(ComputeDevice.Choose("auto", [], Probe(Device, calls), Ilgpu(OpenClGpu, calls), out note), Is.EqualTo(Choice.Cuda));
+        Assert.That(calls, Is.EqualTo(new[] { "probe" }), "CUDA first: ILGPU is not even probed");
+        calls.Clear();
+        Assert.That(ComputeDevice.Choose("ilgpu", [], Probe(Device, calls), Ilgpu(OpenClGpu, calls), out note), Is.EqualTo(Choice.Ilgpu));
+        Assert.That(note, Is.Null);
+        Assert.That(calls, Is.EqualTo(new[] { "ilgpu" }));
+        var e = Assert.Throws<NotSupportedException>(() => ComputeDevice.Choose("ilgpu", [], Probe(Device, calls), Ilgpu(NoGpu), out _))!;
+        Assert.That(e.Message, Is.EqualTo("--device ilgpu: ILGPU found no CUDA or OpenCL GPU (its CPU accelerator is a simulator for tests only); use --device cpu or auto."));
     }
 
     /// <summary>A fresh process without a driver: the probe's sentence, on one line, before any data is read.</summary>
@@ -75,6 +102,17 @@ public sealed class ComputeDeviceTests
         var (code, output) = RunCli(null, "train", "--device", "cuda", "--data", "/nonexistent");
         Assert.That(code, Is.EqualTo(2), output);
         Assert.That(output.Trim(), Is.EqualTo("error: --device cuda: CUDA is unavailable: the NVIDIA driver library (libcuda.so.1, libcuda.so) was not found; use --device cpu or auto."));
+    }
+
+    /// <summary>A fresh process on a machine where ILGPU finds no GPU: `--device ilgpu` refuses in one line.</summary>
+    [Test]
+    public void TrainOnIlgpuWithoutAGpuFailsInOneLine()
+    {
+        if (Repa.Kernels.Ilgpu.IlgpuBackend.ProbeGpu(out string reason) != null)
+            Assert.Ignore($"{reason}; the refusal without a GPU is checked on machines without one.");
+        var (code, output) = RunCli(null, "train", "--device", "ilgpu", "--data", "/nonexistent");
+        Assert.That(code, Is.EqualTo(2), output);
+        Assert.That(output.Trim(), Is.EqualTo("error: --device ilgpu: ILGPU found no CUDA or OpenCL GPU (its CPU accelerator is a simulator for tests only); use --device cpu or auto."));
     }
 
     /// <summary>A fresh process on the emulated device (REPA_CUDA_EMULATOR): `train --device cuda` runs a real step on it.</summary>

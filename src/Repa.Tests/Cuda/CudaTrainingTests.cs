@@ -32,13 +32,13 @@ public class CudaTrainingTests
         }
     }
 
-    /// <summary>Trains SiT-T/4 + REPA (fixed targets) for a few steps of batch 4 and returns the metrics.</summary>
-    internal static List<StepMetrics> Train(IBackend backend, int steps, string mixedPrecision)
+    /// <summary>Trains SiT-T/4 + REPA (fixed targets) for a few steps of <paramref name="batch"/> images and returns the metrics.</summary>
+    internal static List<StepMetrics> Train(IBackend backend, int steps, string mixedPrecision, int batch = 4)
     {
         var data = new IdxTrainingData(TrainerTests.Data(), 32);
         var options = new TrainOptions
         {
-            Model = "SiT-T/4", Steps = steps, Batch = 4, LearningRate = 1e-3, Seed = 5,
+            Model = "SiT-T/4", Steps = steps, Batch = batch, LearningRate = 1e-3, Seed = 5,
             Objective = new ObjectiveConfig(ProjCoeff: 0.5), MixedPrecision = mixedPrecision,
         };
         using var trainer = new Trainer(backend, options, data, new FixedTargets(64, 24));
