@@ -190,7 +190,7 @@ public class SampleCommandTests
     [TestCase(new[] { "--mode", "ddpm" }, "--mode ddpm is DiT's sampler, but SiT-T/2 was trained with the SiT velocity objective; use --mode sde or ode.")]
     [TestCase(new[] { "--mode", "ddim" }, "--mode ddim is DiT's sampler")]
     [TestCase(new[] { "--device", "cuda" }, "--device cuda: ")]
-    [TestCase(new[] { "--device", "ilgpu" }, "--device ilgpu: the ILGPU backend is not built yet")]
+    [TestCase(new[] { "--device", "ilgpu" }, "--device ilgpu: ILGPU found no CUDA or OpenCL GPU")]
     [TestCase(new[] { "--device", "tpu" }, "--device must be one of auto, cpu, cuda, ilgpu, got 'tpu'")]
     [TestCase(new[] { "--cfg", "0.5" }, "--cfg must be a number >= 1")]
     [TestCase(new[] { "--guidance-low", "0.8", "--guidance-high", "0.2" }, "--guidance-low")]

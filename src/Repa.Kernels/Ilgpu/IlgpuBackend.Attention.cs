@@ -54,6 +54,17 @@ public sealed partial class IlgpuBackend
 
 internal readonly record struct AttentionArgs(int Batch, int Tokens, int Heads, int HeadDim, float Scale, int Tile, int Blocks);
 
+/// <summary>A work item of the attention kernels: one (batch, head) pair and this thread's row of a block of rows.</summary>
+internal readonly record struct AttentionItem(long Pair, long N, long H, int Row, bool Active)
+{
+    public static AttentionItem Of(AttentionArgs p, long item)
+    {
+        long pair = item / p.Blocks;
+        int row = (int)(item % p.Blocks) * Group.DimX + Group.IdxX;
+        return new AttentionItem(pair, pair / p.Heads, pair % p.Heads, row, row < p.Tokens);
+    }
+}
+
 internal readonly record struct AttentionInputs(ArrayView<float> Qkv, ArrayView<float> DOutput, ArrayView<float> Lse, ArrayView<float> Di);
 
 internal static partial class IlgpuKernels
@@ -92,9 +103,7 @@ internal static partial class IlgpuKernels
         long items = (long)p.Batch * p.Heads * p.Blocks;
         for (long item = Grid.IdxX; item < items; item += Grid.DimX)
         {
-            long pair = item / p.Blocks, n = pair / p.Heads, h = pair % p.Heads;
-            int i = (int)(item % p.Blocks) * Group.DimX + Group.IdxX;
-            bool active = i < p.Tokens;
+            var (pair, n, h, i, active) = AttentionItem.Of(p, item);
             if (active)
             {
                 long qr = QkvRow(p, n, h, i, 0);
@@ -171,9 +180,7 @@ internal static partial class IlgpuKernels
         long items = (long)p.Batch * p.Heads * p.Blocks;
         for (long item = Grid.IdxX; item < items; item += Grid.DimX)
         {
-            long pair = item / p.Blocks, n = pair / p.Heads, h = pair % p.Heads;
-            int i = (int)(item % p.Blocks) * Group.DimX + Group.IdxX;
-            bool active = i < p.Tokens;
+            var (pair, n, h, i, active) = AttentionItem.Of(p, item);
             float lse = 0f, di = 0f;
             if (active)
             {
@@ -230,9 +237,7 @@ internal static partial class IlgpuKernels
         long items = (long)p.Batch * p.Heads * p.Blocks;
         for (long item = Grid.IdxX; item < items; item += Grid.DimX)
         {
-            long pair = item / p.Blocks, n = pair / p.Heads, h = pair % p.Heads;
-            int j = (int)(item % p.Blocks) * Group.DimX + Group.IdxX;
-            bool active = j < p.Tokens;
+            var (pair, n, h, j, active) = AttentionItem.Of(p, item);
             if (active)
             {
                 long kr = QkvRow(p, n, h, j, 1), vr = QkvRow(p, n, h, j, 2);

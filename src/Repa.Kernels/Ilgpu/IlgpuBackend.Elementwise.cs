@@ -193,19 +193,19 @@ internal static partial class IlgpuKernels
         }
     }
 
-    /// <summary>One group per output row (inner = 1): strided partial sums, then a tree in shared memory.</summary>
+    /// <summary>One group per output row (inner = 1): strided float64 partial sums, then a tree in shared memory.</summary>
     public static void SumRows(ArrayView<float> x, ArrayView<float> y, SumShape s)
     {
-        var shared = SharedMemory.Allocate<float>(MaxGroup);
+        var shared = SharedMemory.Allocate<double>(MaxGroup);
         for (int o = Grid.IdxX; o < s.Outer; o += Grid.DimX)
         {
-            float acc = 0f;
+            double acc = 0;
             long row = (long)o * s.Reduce;
             for (int r = Group.IdxX; r < s.Reduce; r += Group.DimX) acc += x[row + r];
-            float total = GroupSum(acc, shared);
+            double total = GroupSum(acc, shared);
             if (Group.IdxX == 0)
             {
-                float v = s.Alpha * total;
+                float v = s.Alpha * (float)total;
                 y[o] = s.Beta == 0f ? v : v + s.Beta * y[o];
             }
         }
@@ -258,21 +258,6 @@ internal static partial class IlgpuKernels
     public const int MaxGroup = 256;
 
     /// <summary>The sum of every thread's <paramref name="value"/>, in a fixed tree order; every thread gets it.</summary>
-    private static float GroupSum(float value, ArrayView<float> shared)
-    {
-        int t = Group.IdxX;
-        shared[t] = value;
-        Group.Barrier();
-        for (int s = Group.DimX / 2; s > 0; s /= 2)
-        {
-            if (t < s) shared[t] += shared[t + s];
-            Group.Barrier();
-        }
-        float total = shared[0];
-        Group.Barrier(); // the slot is reused by the next call
-        return total;
-    }
-
     private static double GroupSum(double value, ArrayView<double> shared)
     {
         int t = Group.IdxX;
