@@ -127,13 +127,12 @@ internal static partial class IlgpuKernels
     private const float GeluC = 0.7978845608028654f; // sqrt(2 / pi)
     private const float GeluA = 0.044715f;
 
+    private static float Activate(int activation, float v) =>
+        activation == (int)Activation.Gelu ? 0.5f * v * (1f + Tanh(GeluC * v * (1f + GeluA * v * v))) : v * Sigmoid(v);
+
     public static void ActivationForward(ArrayView<float> x, ArrayView<float> y, int activation, long n)
     {
-        for (long i = First; i < n; i += Step)
-        {
-            float v = x[i];
-            y[i] = activation == (int)Activation.Gelu ? 0.5f * v * (1f + Tanh(GeluC * v * (1f + GeluA * v * v))) : v * Sigmoid(v);
-        }
+        for (long i = First; i < n; i += Step) y[i] = Activate(activation, x[i]);
     }
 
     public static void ActivationBackward(ArrayView<float> x, ArrayView<float> dy, ArrayView<float> dx, int activation, long n)

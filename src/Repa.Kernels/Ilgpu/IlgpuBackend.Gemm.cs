@@ -5,7 +5,9 @@ namespace Repa.Kernels.Ilgpu;
 /// <summary>
 /// The GEMM: one group per 4T x 4T tile of C (T x T threads, each computing a 4 x 4 block of outputs strided by T so
 /// neighbouring threads write neighbouring columns), the K axis in slices staged through shared memory. Batched and
-/// strided like cuBLAS's strided-batched GEMM; the Linear members use the interface's composition (GEMM, bias, activation).
+/// strided like cuBLAS's strided-batched GEMM. LinearForward runs the same kernel with an epilogue (bias add and the
+/// activation, the pre-activation kept for the backward) in the single write of C; LinearWeightBackward is the
+/// interface's composition (the dW GEMM, then the bias gradient as a column sum).
 /// </summary>
 public sealed partial class IlgpuBackend
 {
@@ -19,26 +21,59 @@ public sealed partial class IlgpuBackend
         OpChecks.GemmExtents("ilgpu", transA, transB, m, n, k, alpha, a, offsetA, lda, strideA, b, offsetB, ldb, strideB,
             c, offsetC, ldc, strideC, batch);
         if (m == 0 || n == 0 || batch == 0) return;
+        LaunchGemm(transA, transB, m, n, k, alpha, a, offsetA, lda, strideA, b, offsetB, ldb, strideB, beta, c, offsetC, ldc, strideC,
+            batch, null, null, IlgpuKernels.NoEpilogue);
+    }
+
+    /// <summary>y = f(x W^T + bias) in one GEMM launch: the epilogue adds the bias, stores the pre-activation and applies f.</summary>
+    public void LinearForward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, Activation? activation,
+        DeviceBuffer? preActivation, int rows, int inFeatures, int outFeatures)
+    {
+        if (activation != null && preActivation == null)
+            throw new ArgumentException($"linear: the {activation} epilogue needs a preActivation buffer for the backward.");
+        OpChecks.GemmTypes(x, weight, y);
+        if (y.DType != DType.F32) throw Unsupported(y.DType);
+        OpChecks.GemmExtents("ilgpu", false, true, rows, outFeatures, inFeatures, 1, x, 0, inFeatures, 0, weight, 0, inFeatures, 0,
+            y, 0, outFeatures, 0, 1);
+        if (bias != null && bias.Length < outFeatures) throw new ArgumentException($"linear: bias {bias} holds fewer than {outFeatures} elements.");
+        if (preActivation != null && activation != null && preActivation.Length < (long)rows * outFeatures)
+            throw new ArgumentException($"linear: preActivation {preActivation} holds fewer than {rows} x {outFeatures} elements.");
+        if (rows == 0 || outFeatures == 0) return;
+        LaunchGemm(false, true, rows, outFeatures, inFeatures, 1, x, 0, inFeatures, 0, weight, 0, inFeatures, 0, 0, y, 0, outFeatures, 0,
+            1, bias, activation != null ? preActivation : null, activation is { } f ? (int)f : IlgpuKernels.NoEpilogue);
+    }
+
+    private void LaunchGemm(bool transA, bool transB, int m, int n, int k, double alpha,
+        DeviceBuffer a, long offsetA, int lda, long strideA, DeviceBuffer b, long offsetB, int ldb, long strideB,
+        double beta, DeviceBuffer c, long offsetC, int ldc, long strideC, int batch, DeviceBuffer? bias, DeviceBuffer? pre, int activation)
+    {
         int t = GemmThreads, tile = 4 * t;
         int tilesM = (m + tile - 1) / tile, tilesN = (n + tile - 1) / tile;
         var args = new GemmArgs(m, n, k, transA ? 1 : 0, transB ? 1 : 0, (float)alpha, (float)beta,
             offsetA, lda, strideA, offsetB, ldb, strideB, offsetC, ldc, strideC, batch, t, IlgpuKernels.GemmSharedTile / tile, tilesN,
-            (long)tilesM * tilesN);
+            (long)tilesM * tilesN, activation);
         long tiles = args.TilesPerItem * batch;
-        Run(new KernelConfig((int)Math.Min(tiles, MaxGroups * 64L), t * t), IlgpuKernels.Gemm, F(a), F(b), F(c), args);
+        Run(new KernelConfig((int)Math.Min(tiles, MaxGroups * 64L), t * t), IlgpuKernels.Gemm, F(a), F(b), F(c),
+            new GemmEpilogue(FOrEmpty(bias), FOrEmpty(pre)), args);
     }
 }
 
 internal readonly record struct GemmArgs(int M, int N, int K, int TransA, int TransB, float Alpha, float Beta,
     long OffsetA, int Lda, long StrideA, long OffsetB, int Ldb, long StrideB, long OffsetC, int Ldc, long StrideC, int Batch,
-    int Threads, int SliceK, int TilesN, long TilesPerItem);
+    int Threads, int SliceK, int TilesN, long TilesPerItem, int Activation);
+
+/// <summary>The Linear epilogue's buffers: bias [n] (empty: none) and the pre-activation output (empty: none).</summary>
+internal readonly record struct GemmEpilogue(ArrayView<float> Bias, ArrayView<float> Pre);
 
 internal static partial class IlgpuKernels
 {
     /// <summary>Floats of each shared-memory operand tile (SliceK x 4T): 16 x 64 on a GPU (4 KiB each).</summary>
     public const int GemmSharedTile = 1024;
 
-    public static void Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, GemmArgs p)
+    /// <summary>GemmArgs.Activation when the GEMM has no activation epilogue.</summary>
+    public const int NoEpilogue = -1;
+
+    public static void Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> c, GemmEpilogue epilogue, GemmArgs p)
     {
         var tileA = SharedMemory.Allocate<float>(GemmSharedTile); // [SliceK][4T]: op(A) transposed, rows of the tile contiguous
         var tileB = SharedMemory.Allocate<float>(GemmSharedTile); // [SliceK][4T]
@@ -97,7 +132,15 @@ internal static partial class IlgpuKernels
                     if (col >= p.N) continue;
                     long at = baseC + (long)row * p.Ldc + col;
                     float v = p.Alpha * acc[i * 4 + j];
-                    c[at] = p.Beta == 0f ? v : v + p.Beta * c[at];
+                    v = p.Beta == 0f ? v : v + p.Beta * c[at];
+                    // The Linear epilogue, in the composition's order: + bias, keep the pre-activation, f.
+                    if (epilogue.Bias.Length > 0) v += epilogue.Bias[col];
+                    if (p.Activation != NoEpilogue)
+                    {
+                        epilogue.Pre[at] = v;
+                        v = Activate(p.Activation, v);
+                    }
+                    c[at] = v;
                 }
             }
         }
