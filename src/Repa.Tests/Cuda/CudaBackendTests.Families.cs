@@ -13,13 +13,11 @@ namespace Repa.Tests.Cuda;
 /// </summary>
 public abstract partial class CudaBackendTests
 {
-    /// <summary>fp32 results of another summation order: relative, plus absolute for values that cancel.</summary>
-    private static readonly Tolerance F32Sums = Tolerance.Close(2e-5, 2e-5);
+    private static Tolerance F32Sums => MemberCases.F32Sums;
 
-    /// <summary>bf16 stores: one rounding of a slightly different fp32 value (one bf16 ulp, 2^-7 relative at most).</summary>
-    private static readonly Tolerance Bf16Stores = Tolerance.Close(1.0 / 128, 2e-3);
+    private static Tolerance Bf16Stores => MemberCases.Bf16Stores;
 
-    private static Tolerance Stored(DType dtype) => dtype == DType.F32 ? F32Sums : Bf16Stores;
+    private static Tolerance Stored(DType dtype) => MemberCases.Stored(dtype);
 
     private BufferPair? RandomOrNull(bool present, DType dtype, long length, double scale = 1) => present ? Eq.Random(dtype, length, scale) : null;
 
@@ -129,133 +127,30 @@ public abstract partial class CudaBackendTests
     // ---- loss -----------------------------------------------------------------------------------------------------
 
     [Test]
-    public void MseMatchesTheCpu([Values(1, 7, 771, 5000)] int inner, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        const int samples = 3;
-        long n = samples * (long)inner;
-        var (p, t) = (Eq.Random(dtype, n), Eq.Random(dtype, n));
-        var loss = Eq.Full(DType.F32, samples, float.NaN);
-        var dLoss = Eq.Values(DType.F32, 0.5f, -1.25f, 2f);
-        var (dp, dt, dpOnly) = (Eq.Random(dtype, n), Eq.Random(dtype, n), Eq.Random(dtype, n));
-        Eq.Run((be, on) =>
-        {
-            be.MseForward(on(p), on(t), on(loss), samples, inner);
-            be.MseBackward(on(p), on(t), on(dLoss), on(dp), on(dt), samples, inner);
-            be.MseBackward(on(p), on(t), on(dLoss), on(dpOnly), null, samples, inner);
-        });
-        Eq.AssertClose(loss, Tolerance.Close(1e-6), "loss");
-        Eq.AssertClose(dp, Stored(dtype), "dprediction");
-        Eq.AssertClose(dt, Stored(dtype), "dtarget");
-        Eq.AssertClose(dpOnly, Stored(dtype), "dprediction alone");
-    }
+    public void MseMatchesTheCpu([Values(1, 7, 771, 5000)] int inner, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.Mse(Eq, inner, dtype);
 
     [Test]
-    public void CosineAlignmentMatchesTheCpu([Values(1, 7, 33, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        const int samples = 2, tokens = 5;
-        const double eps = 1e-6;
-        long n = (long)samples * tokens * dim;
-        var z = Eq.Random(dtype, n);
-        var h = Eq.Random(dtype, n, scale: 3);
-        Eq.Run((be, on) => be.Fill(on(h), 3 * dim, dim, 0)); // a zero row: its norm is clamped to eps
-        var loss = Eq.Full(DType.F32, samples, float.NaN);
-        var dLoss = Eq.Values(DType.F32, 1.5f, -0.75f);
-        var (dz, dh, dzOnly) = (Eq.Random(dtype, n), Eq.Random(dtype, n), Eq.Random(dtype, n));
-        Eq.Run((be, on) =>
-        {
-            be.CosineAlignmentForward(on(z), on(h), on(loss), samples, tokens, dim, eps);
-            be.CosineAlignmentBackward(on(z), on(h), on(dLoss), on(dz), on(dh), samples, tokens, dim, eps);
-            be.CosineAlignmentBackward(on(z), on(h), on(dLoss), on(dzOnly), null, samples, tokens, dim, eps); // frozen encoder
-        });
-        Eq.AssertClose(loss, F32Sums, "loss");
-        Eq.AssertClose(dz, Stored(dtype), "dz");
-        Eq.AssertClose(dh, Stored(dtype), "dh");
-        Eq.AssertClose(dzOnly, Stored(dtype), "dz alone");
-    }
+    public void CosineAlignmentMatchesTheCpu([Values(1, 7, 33, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.CosineAlignment(Eq, dim, dtype);
 
     [Test]
-    public void RowL2NormalizeMatchesTheCpu([Values(1, 7, 192, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        const int rows = 7;
-        const double eps = 1e-6;
-        long n = (long)rows * dim;
-        var x = Eq.Random(dtype, n, scale: 2);
-        Eq.Run((be, on) => be.Fill(on(x), 4 * dim, dim, 0));
-        var (y, dy, dx) = (Eq.Full(dtype, n, float.NaN), Eq.Random(dtype, n), Eq.Random(dtype, n));
-        Eq.Run((be, on) =>
-        {
-            be.RowL2NormalizeForward(on(x), on(y), rows, dim, eps);
-            be.RowL2NormalizeBackward(on(x), on(dy), on(dx), rows, dim, eps);
-        });
-        Eq.AssertClose(y, Stored(dtype), "y");
-        Eq.AssertClose(dx, Stored(dtype), "dx");
-    }
+    public void RowL2NormalizeMatchesTheCpu([Values(1, 7, 192, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.RowL2Normalize(Eq, dim, dtype);
 
     [Test]
-    public void DiagonalCrossEntropyMatchesTheCpu([Values(1, 7, 33)] int n, [Values(2.5, -1.5)] double scale, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        const int samples = 2;
-        long count = (long)samples * n * n;
-        var logits = Eq.Random(dtype, count, scale: 2);
-        var (lse, loss) = (Eq.Full(DType.F32, samples * n, float.NaN), Eq.Full(DType.F32, samples, float.NaN));
-        var dLoss = Eq.Values(DType.F32, 0.8f, -1.1f);
-        var dLogits = Eq.Random(dtype, count);
-        Eq.Run((be, on) => be.DiagonalCrossEntropyForward(on(logits), on(lse), on(loss), samples, n, scale));
-        Eq.AssertClose(lse, F32Sums, "lse");
-        Eq.AssertClose(loss, F32Sums, "loss");
-        Eq.StoreAsCandidate(lse);
-        Eq.Run((be, on) => be.DiagonalCrossEntropyBackward(on(logits), on(lse), on(dLoss), on(dLogits), samples, n, scale));
-        Eq.AssertClose(dLogits, Stored(dtype), "dlogits");
-    }
+    public void DiagonalCrossEntropyMatchesTheCpu([Values(1, 7, 33)] int n, [Values(2.5, -1.5)] double scale, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.DiagonalCrossEntropy(Eq, n, scale, dtype);
 
     [Test]
-    public void DiffusionVlbMatchesTheCpu([Values(7, 771)] int inner, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        const int samples = 4;
-        int n = samples * inner;
-        var random = new Random(80);
-        // x0 on the 8-bit grid of [-1, 1], both ends included (the decoder's open-ended bins).
-        float[] x0Values = Enumerable.Range(0, n).Select(i => i % 5 == 0 ? (i % 2 == 0 ? -1f : 1f) : random.Next(256) / 127.5f - 1).ToArray();
-        float[] meanValues = x0Values.Select(v => v + (float)(random.NextDouble() - 0.5) * 0.05f).ToArray();
-        var x0 = Eq.Values(dtype, x0Values);
-        var mean = Eq.Values(dtype, meanValues);
-        var trueMean = Eq.Values(dtype, meanValues.Select(v => v + (float)(random.NextDouble() - 0.5) * 0.02f).ToArray());
-        var v = Eq.Random(dtype, n, scale: 0.5);
-        // (min_log, max_log, true_log_var, decoder) per sample: KL terms at two timesteps, decoder NLL (t = 0) at two.
-        var stepParams = Eq.Values(DType.F32, -9.6f, -4.7f, -9.4f, 0f, -11.2f, -7.1f, -11.2f, 1f, -3.1f, -2.3f, -3.0f, 0f, -10.4f, -6.9f, -10.4f, 1f);
-        var loss = Eq.Full(DType.F32, samples, float.NaN);
-        var dLoss = Eq.Values(DType.F32, 1f, -0.5f, 2f, 0.25f);
-        var dv = Eq.Random(dtype, n);
-        Eq.Run((be, on) =>
-        {
-            be.DiffusionVlbForward(on(v), on(mean), on(trueMean), on(x0), on(stepParams), on(loss), samples, inner);
-            be.DiffusionVlbBackward(on(v), on(mean), on(trueMean), on(x0), on(stepParams), on(dLoss), on(dv), samples, inner);
-        });
-        Eq.AssertClose(loss, Tolerance.Close(1e-5, 1e-6), "loss");
-        Eq.AssertClose(dv, Stored(dtype), "dvar");
-    }
+    public void DiffusionVlbMatchesTheCpu([Values(7, 771)] int inner, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.DiffusionVlb(Eq, inner, dtype);
 
     // ---- embedding ------------------------------------------------------------------------------------------------
 
     [Test]
-    public void EmbeddingIsBitwiseTheCpus([Values(1, 7, 33, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        int[] idValues = [3, 0, 10, 3, 7, 7, 3, 1, 10];
-        const int vocab = 11;
-        int count = idValues.Length;
-        var table = Eq.Random(DType.F32, vocab * dim);
-        var ids = Eq.Ints(idValues);
-        var y = Eq.Full(dtype, (long)count * dim, float.NaN);
-        var dy = Eq.Random(dtype, (long)count * dim);
-        var dTable = Eq.Random(DType.F32, vocab * dim);
-        Eq.Run((be, on) =>
-        {
-            be.EmbeddingForward(on(table), on(ids), on(y), count, vocab, dim);
-            be.EmbeddingBackward(on(ids), on(dy), on(dTable), count, vocab, dim);
-        });
-        Eq.AssertClose(y, Tolerance.Bits, "rows copied (bf16: rounded once)");
-        Eq.AssertClose(dTable, Tolerance.Bits, "repeated ids add up in position order, as on the CPU");
-    }
+    public void EmbeddingIsBitwiseTheCpus([Values(1, 7, 33, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.EmbeddingIsBitwiseTheCpus(Eq, dim, dtype);
 
     [Test]
     public void EmbeddingNamesTheFirstIdOutOfRangeAsTheCpuDoes()
@@ -279,49 +174,16 @@ public abstract partial class CudaBackendTests
     }
 
     [Test]
-    public void TimestepEmbeddingMatchesTheCpu([Values(1, 2, 7, 256, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        var t = Eq.Values(DType.F32, 0f, 0.5f, 1f, 17.25f, 999f);
-        const int count = 5;
-        const double maxPeriod = 10000;
-        var y = Eq.Full(dtype, count * dim, float.NaN);
-        var dy = Eq.Random(dtype, count * dim);
-        var dt = Eq.Values(DType.F32, 0.25f, -1f, 0.5f, 2f, -0.125f);
-        Eq.Run((be, on) =>
-        {
-            be.TimestepEmbeddingForward(on(t), on(y), count, dim, maxPeriod);
-            be.TimestepEmbeddingBackward(on(t), on(dy), on(dt), count, dim, maxPeriod);
-        });
-        // Arguments up to 999 rad: the device's and .NET's range reductions differ by a few ulp.
-        Eq.AssertClose(y, dtype == DType.F32 ? Tolerance.Close(0, 2e-6) : Tolerance.Close(1.0 / 128, 2e-6), "y");
-        // dt sums up to 385 terms f_k (..) of either sign, |dy| ~ 1: noise relative to their magnitudes.
-        Eq.AssertClose(dt, Tolerance.Close(1e-5, 1e-4 * Math.Max(1, dim / 64)), "dt (accumulated)");
-    }
+    public void TimestepEmbeddingMatchesTheCpu([Values(1, 2, 7, 256, 771)] int dim, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.TimestepEmbedding(Eq, dim, dtype);
 
     // ---- optimiser ------------------------------------------------------------------------------------------------
 
     [TestCase(1)]
     [TestCase(1003)]
     [TestCase(300_001)]
-    public void OptimiserKernelsMatchTheCpu(int n)
-    {
-        var param = Eq.Random(DType.F32, n);
-        var grad = Eq.Random(DType.F32, n, scale: 5);
-        var m = Eq.Random(DType.F32, n, scale: 0.1);
-        var v = Eq.Random(DType.F32, n, scale: 0.01);
-        Eq.Run((be, on) => be.Binary(BinaryOp.Mul, on(v), [1], on(v), [1], on(v), [n])); // v >= 0
-        var ema = Eq.Random(DType.F32, n);
-        double cpuSquares = cpu.SumOfSquares(grad.Reference, n), cudaSquares = Cuda.SumOfSquares(grad.Candidate, n);
-        Assert.That(cudaSquares, Is.EqualTo(cpuSquares).Within(1e-12 * cpuSquares), "fp64 sums of exact fp32 squares");
-        Assert.That(BitConverter.DoubleToInt64Bits(Cuda.SumOfSquares(grad.Candidate, n)), Is.EqualTo(BitConverter.DoubleToInt64Bits(cudaSquares)), "deterministic");
-        foreach (int step in new[] { 1, 7 })
-            Eq.Run((be, on) => be.AdamWStep(on(param), on(grad), on(m), on(v), n, 3e-4, 0.9, 0.999, 1e-8, 0.01, 0.37, step));
-        Eq.Run((be, on) => be.EmaUpdate(on(ema), on(param), n, 0.9999));
-        Eq.AssertClose(param, Tolerance.Bits, "AdamW parameters");
-        Eq.AssertClose(m, Tolerance.Bits, "AdamW first moments");
-        Eq.AssertClose(v, Tolerance.Bits, "AdamW second moments");
-        Eq.AssertClose(ema, Tolerance.Bits, "EMA");
-    }
+    public void OptimiserKernelsMatchTheCpu(int n) =>
+        MemberCases.OptimiserKernelsMatchTheCpu(Eq, n);
 
     [Test]
     public void OptimiserRefusesWhatItDoesNotKeep()

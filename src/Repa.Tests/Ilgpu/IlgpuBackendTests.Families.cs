@@ -99,155 +99,54 @@ public sealed partial class IlgpuBackendTests
         Assert.That(e.Message, Does.Contain("head_dim 130"));
     }
 
-    // ---- loss -----------------------------------------------------------------------------------------------------
+    // ---- loss (the CUDA suite's bodies, MemberCases, in float32) ------------------------------------------------
 
     [Test]
-    public void MseMatchesTheCpu([Values(1, 771, 5000)] int inner)
-    {
-        const int samples = 3;
-        long n = samples * (long)inner;
-        var (p, t) = (eq.Random(DType.F32, n), eq.Random(DType.F32, n));
-        var loss = eq.Full(DType.F32, samples, float.NaN);
-        var dLoss = eq.Values(DType.F32, 0.5f, -1.25f, 2f);
-        var (dp, dt, dpOnly) = (eq.Random(DType.F32, n), eq.Random(DType.F32, n), eq.Random(DType.F32, n));
-        eq.Run((be, on) =>
-        {
-            be.MseForward(on(p), on(t), on(loss), samples, inner);
-            be.MseBackward(on(p), on(t), on(dLoss), on(dp), on(dt), samples, inner);
-            be.MseBackward(on(p), on(t), on(dLoss), on(dpOnly), null, samples, inner);
-        });
-        eq.AssertClose(loss, Tolerance.Close(1e-6), "loss");
-        eq.AssertClose(dp, F32Sums, "dprediction");
-        eq.AssertClose(dt, F32Sums, "dtarget");
-        eq.AssertClose(dpOnly, F32Sums, "dprediction alone");
-    }
+    public void MseMatchesTheCpu([Values(1, 7, 771, 5000)] int inner) => MemberCases.Mse(eq, inner, DType.F32);
 
     [Test]
-    public void CosineAlignmentAndL2NormalizeMatchTheCpu([Values(1, 7, 771)] int dim)
-    {
-        const int samples = 2, tokens = 5;
-        const double eps = 1e-6;
-        long n = (long)samples * tokens * dim;
-        var z = eq.Random(DType.F32, n);
-        var h = eq.Random(DType.F32, n, scale: 3);
-        eq.Run((be, on) => be.Fill(on(h), 3 * dim, dim, 0)); // a zero row: its norm is clamped to eps
-        var loss = eq.Full(DType.F32, samples, float.NaN);
-        var dLoss = eq.Values(DType.F32, 1.5f, -0.75f);
-        var (dz, dh, dzOnly) = (eq.Random(DType.F32, n), eq.Random(DType.F32, n), eq.Random(DType.F32, n));
-        var (y, dy, dx) = (eq.Full(DType.F32, n, float.NaN), eq.Random(DType.F32, n), eq.Random(DType.F32, n));
-        eq.Run((be, on) =>
-        {
-            be.CosineAlignmentForward(on(z), on(h), on(loss), samples, tokens, dim, eps);
-            be.CosineAlignmentBackward(on(z), on(h), on(dLoss), on(dz), on(dh), samples, tokens, dim, eps);
-            be.CosineAlignmentBackward(on(z), on(h), on(dLoss), on(dzOnly), null, samples, tokens, dim, eps);
-            be.RowL2NormalizeForward(on(h), on(y), samples * tokens, dim, eps);
-            be.RowL2NormalizeBackward(on(h), on(dy), on(dx), samples * tokens, dim, eps);
-        });
-        eq.AssertClose(loss, F32Sums, "cosine loss");
-        eq.AssertClose(dz, F32Sums, "dz");
-        eq.AssertClose(dh, F32Sums, "dh");
-        eq.AssertClose(dzOnly, F32Sums, "dz alone");
-        eq.AssertClose(y, F32Sums, "normalised rows");
-        eq.AssertClose(dx, F32Sums, "normalisation dx");
-    }
+    public void CosineAlignmentMatchesTheCpu([Values(1, 7, 33, 771)] int dim) => MemberCases.CosineAlignment(eq, dim, DType.F32);
 
     [Test]
-    public void DiagonalCrossEntropyMatchesTheCpu([Values(1, 7, 33)] int n, [Values(2.5, -1.5)] double scale)
-    {
-        const int samples = 2;
-        long count = (long)samples * n * n;
-        var logits = eq.Random(DType.F32, count, scale: 2);
-        var (lse, loss) = (eq.Full(DType.F32, samples * n, float.NaN), eq.Full(DType.F32, samples, float.NaN));
-        var dLoss = eq.Values(DType.F32, 0.8f, -1.1f);
-        var dLogits = eq.Random(DType.F32, count);
-        eq.Run((be, on) => be.DiagonalCrossEntropyForward(on(logits), on(lse), on(loss), samples, n, scale));
-        eq.AssertClose(lse, F32Sums, "lse");
-        eq.AssertClose(loss, F32Sums, "loss");
-        eq.Run((be, on) => be.DiagonalCrossEntropyBackward(on(logits), on(lse), on(dLoss), on(dLogits), samples, n, scale));
-        eq.AssertClose(dLogits, F32Sums, "dlogits");
-    }
+    public void RowL2NormalizeMatchesTheCpu([Values(1, 7, 192, 771)] int dim) => MemberCases.RowL2Normalize(eq, dim, DType.F32);
 
     [Test]
-    public void DiffusionVlbMatchesTheCpu([Values(7, 771)] int inner)
-    {
-        const int samples = 4;
-        int n = samples * inner;
-        var random = new Random(80);
-        float[] x0Values = Enumerable.Range(0, n).Select(i => i % 5 == 0 ? (i % 2 == 0 ? -1f : 1f) : random.Next(256) / 127.5f - 1).ToArray();
-        float[] meanValues = x0Values.Select(v => v + (float)(random.NextDouble() - 0.5) * 0.05f).ToArray();
-        var x0 = eq.Values(DType.F32, x0Values);
-        var mean = eq.Values(DType.F32, meanValues);
-        var trueMean = eq.Values(DType.F32, meanValues.Select(v => v + (float)(random.NextDouble() - 0.5) * 0.02f).ToArray());
-        var v = eq.Random(DType.F32, n, scale: 0.5);
-        var stepParams = eq.Values(DType.F32, -9.6f, -4.7f, -9.4f, 0f, -11.2f, -7.1f, -11.2f, 1f, -3.1f, -2.3f, -3.0f, 0f, -10.4f, -6.9f, -10.4f, 1f);
-        var loss = eq.Full(DType.F32, samples, float.NaN);
-        var dLoss = eq.Values(DType.F32, 1f, -0.5f, 2f, 0.25f);
-        var dv = eq.Random(DType.F32, n);
-        eq.Run((be, on) =>
-        {
-            be.DiffusionVlbForward(on(v), on(mean), on(trueMean), on(x0), on(stepParams), on(loss), samples, inner);
-            be.DiffusionVlbBackward(on(v), on(mean), on(trueMean), on(x0), on(stepParams), on(dLoss), on(dv), samples, inner);
-        });
-        // The decoder's tanh-approximated CDF: tanh through exp here, the CPU's float tanh there.
-        eq.AssertClose(loss, Tolerance.Close(1e-5, 1e-6), "loss");
-        eq.AssertClose(dv, Tolerance.Close(1e-4, 1e-5), "dvar");
-    }
+    public void DiagonalCrossEntropyMatchesTheCpu([Values(1, 7, 33)] int n, [Values(2.5, -1.5)] double scale) =>
+        MemberCases.DiagonalCrossEntropy(eq, n, scale, DType.F32);
+
+    [Test]
+    public void DiffusionVlbMatchesTheCpu([Values(7, 771)] int inner) => MemberCases.DiffusionVlb(eq, inner, DType.F32);
 
     // ---- embedding ------------------------------------------------------------------------------------------------
 
     [Test]
-    public void EmbeddingsMatchTheCpu([Values(1, 7, 33, 64)] int dim)
+    public void EmbeddingIsBitwiseTheCpus([Values(1, 7, 33, 771)] int dim) => MemberCases.EmbeddingIsBitwiseTheCpus(eq, dim, DType.F32);
+
+    [Test]
+    public void TimestepEmbeddingMatchesTheCpu([Values(1, 2, 7, 256, 771)] int dim) => MemberCases.TimestepEmbedding(eq, dim, DType.F32);
+
+    [Test]
+    public void EmbeddingNamesTheFirstIdOutOfRange()
     {
-        int[] idValues = [3, 0, 10, 3, 7, 7, 3, 1, 10];
-        const int vocab = 11;
-        int count = idValues.Length;
-        var table = eq.Random(DType.F32, vocab * dim);
-        var ids = eq.Ints(idValues);
-        var y = eq.Full(DType.F32, (long)count * dim, float.NaN);
-        var dy = eq.Random(DType.F32, (long)count * dim);
-        var dTable = eq.Random(DType.F32, vocab * dim);
-        var t = eq.Values(DType.F32, 0f, 1f, 999f, 0.25f, 500.5f);
-        var te = eq.Full(DType.F32, 5L * dim, float.NaN);
-        var dte = eq.Random(DType.F32, 5L * dim);
-        var dt = eq.Random(DType.F32, 5);
-        eq.Run((be, on) =>
-        {
-            be.EmbeddingForward(on(table), on(ids), on(y), count, vocab, dim);
-            be.EmbeddingBackward(on(ids), on(dy), on(dTable), count, vocab, dim);
-            be.TimestepEmbeddingForward(on(t), on(te), 5, dim, 10000);
-            be.TimestepEmbeddingBackward(on(t), on(dte), on(dt), 5, dim, 10000);
-        });
-        eq.AssertClose(y, Tolerance.Bits, "rows copied");
-        eq.AssertClose(dTable, Tolerance.Bits, "repeated ids add up in position order, as on the CPU");
-        // cos/sin of arguments up to 1000: a float32 ulp of the argument is ~6e-5.
-        eq.AssertClose(te, Tolerance.Close(1e-5, 2e-4), "timestep embedding");
-        eq.AssertClose(dt, Tolerance.Close(1e-3, 1e-3 * dim), "timestep embedding dt");
+        var table = eq.Random(DType.F32, 11 * 5);
+        var y = eq.Full(DType.F32, 15, float.NaN);
         var bad = eq.Ints(2, 11, 0);
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => ilgpu.EmbeddingForward(table.Candidate, bad.Candidate, y.Candidate, 3, vocab, dim))!;
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => ilgpu.EmbeddingForward(table.Candidate, bad.Candidate, y.Candidate, 3, 11, 5))!;
         Assert.That(e.Message, Does.Contain("id 11 at position 1"));
     }
 
     // ---- optimisers -----------------------------------------------------------------------------------------------
 
+    [TestCase(1)]
+    [TestCase(4099)]
+    public void OptimiserKernelsMatchTheCpu(int n) => MemberCases.OptimiserKernelsMatchTheCpu(eq, n);
+
     [Test]
-    public void OptimiserKernelsMatchTheCpu([Values(1, 4099)] int n)
+    public void AdamWRefusesStepZero()
     {
-        var param = eq.Random(DType.F32, n);
-        var grad = eq.Random(DType.F32, n, scale: 3);
-        var m = eq.Random(DType.F32, n, scale: 0.1);
-        var v = eq.Values(DType.F32, [.. Enumerable.Range(0, n).Select(i => 0.01f + i % 7 * 0.003f)]);
-        var ema = eq.Random(DType.F32, n);
-        double cpuSum = cpu.SumOfSquares(grad.Reference, n), ilgpuSum = ilgpu.SumOfSquares(grad.Candidate, n);
-        Assert.That(ilgpuSum, Is.EqualTo(cpuSum).Within(1e-12).Percent, "sum of squares in float64");
-        Assert.That(ilgpu.SumOfSquares(grad.Candidate, n), Is.EqualTo(ilgpuSum), "deterministic");
-        eq.Run((be, on) => be.AdamWStep(on(param), on(grad), on(m), on(v), n, 1e-3, 0.9, 0.999, 1e-8, 0.01, 0.5, 3));
-        eq.Run((be, on) => be.EmaUpdate(on(ema), on(param), n, 0.9999));
-        // The same float32 operations in the same order: bit-identical on the simulator.
-        eq.AssertClose(param, Tolerance.Bits, "AdamW parameters");
-        eq.AssertClose(m, Tolerance.Bits, "AdamW first moments");
-        eq.AssertClose(v, Tolerance.Bits, "AdamW second moments");
-        eq.AssertClose(ema, Tolerance.Bits, "EMA");
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => ilgpu.AdamWStep(param.Candidate, grad.Candidate, m.Candidate, v.Candidate, n, 1e-3, 0.9, 0.999, 1e-8, 0, 1, 0))!;
+        using var f = ilgpu.Allocate(DType.F32, 4);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => ilgpu.AdamWStep(f, f, f, f, 4, 1e-3, 0.9, 0.999, 1e-8, 0, 1, 0))!;
         Assert.That(e.Message, Does.Contain("step is 1-based"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ilgpu.EmaUpdate(f, f, 5, 0.9), "n beyond the buffers");
     }
 }
