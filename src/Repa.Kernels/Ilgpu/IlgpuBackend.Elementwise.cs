@@ -53,7 +53,7 @@ public sealed partial class IlgpuBackend
         long n = 1;
         foreach (int s in shape) n *= s;
         if (y.DType != x.DType) throw new ArgumentException($"permute: {x} and {y} differ in dtype.");
-        if (beta != 0 && y.DType != DType.F32) throw Unsupported(y.DType);
+        if ((beta != 0 && y.DType != DType.F32) || y.DType == DType.F64) throw Unsupported(y.DType);
         if (n == 0) return;
         var axes = Axes8.Create("permute", sizes, strides, strides);
         // beta = 0 moves bits (float32 and int32 alike); otherwise y = beta y + x in float32.
@@ -67,7 +67,7 @@ public sealed partial class IlgpuBackend
         long n = (long)rows * width;
         if (n <= 0) return;
         if (source.DType != destination.DType) throw new ArgumentException($"copy rows: {source} and {destination} differ in dtype.");
-        if (beta != 0 && destination.DType != DType.F32) throw Unsupported(destination.DType);
+        if ((beta != 0 && destination.DType != DType.F32) || destination.DType == DType.F64) throw Unsupported(destination.DType);
         var rowsShape = new RowCopy(sourceOffset, sourceStride, destinationOffset, destinationStride, width, n, (float)beta);
         if (beta == 0) Run(Stride(n), IlgpuKernels.CopyRowsBits, Own(source).Elements<int>(), Own(destination).Elements<int>(), rowsShape);
         else Run(Stride(n), IlgpuKernels.CopyRowsAccumulate, F(source), F(destination), rowsShape);

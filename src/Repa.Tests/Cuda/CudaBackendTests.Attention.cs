@@ -28,34 +28,8 @@ public abstract partial class CudaBackendTests
     [TestCase(DType.F32, DType.F32)]
     [TestCase(DType.BF16, DType.BF16)]
     [TestCase(DType.BF16, DType.F32)]
-    public void AttentionMatchesTheCpu(DType dtype, DType lseType)
-    {
-        foreach (var (batch, heads, tokens, headDim, customScale) in AttentionCases)
-        {
-            int width = heads * headDim;
-            double scale = customScale ?? 1.0 / Math.Sqrt(headDim);
-            string what = $"N {batch}, H {heads}, T {tokens}, hd {headDim}, scale {scale:G3}, lse {lseType.Name()}";
-            var qkv = Eq.Random(dtype, (long)batch * tokens * 3 * width);
-            var output = Eq.Full(dtype, (long)batch * tokens * width, float.NaN);
-            var lse = Eq.Full(lseType, (long)batch * heads * tokens, float.NaN);
-            Eq.Run((be, on) => be.AttentionForward(on(qkv), on(output), on(lse), batch, tokens, heads, headDim, scale));
-            // fp32: the online softmax rescales where the CPU divides once; measured worst |d| 2e-6 (lse ~5). bf16: one rounding.
-            var forward = dtype == DType.F32 ? Tolerance.Close(1e-5, 1e-5) : Tolerance.Close(1.0 / 128, 1e-3);
-            Eq.AssertClose(output, forward, $"attention output, {what}");
-            Eq.AssertClose(lse, lseType == DType.F32 ? Tolerance.Close(1e-5, 1e-5) : Tolerance.Close(1.0 / 128, 1e-3), $"attention lse, {what}");
-
-            // The backward from the same (rounded) forward results on both sides, accumulating into non-zero gradients.
-            Eq.StoreAsCandidate(output, lse);
-            var dOutput = Eq.Random(dtype, (long)batch * tokens * width);
-            var dQkv = Eq.Random(dtype, (long)batch * tokens * 3 * width);
-            Eq.Run((be, on) => be.AttentionBackward(on(qkv), on(output), on(dOutput), on(lse), on(dQkv), batch, tokens, heads, headDim, scale));
-            // Measured worst |d| on the emulator: fp32 6e-6 (T 130), bf16 one storage ulp of a few elements. fp32 errors
-            // grow with the scores' spread (std scale sqrt(head_dim) here): exp(s - lse) carries |s| ulps of s.
-            double spread = 1 + scale * Math.Sqrt(headDim);
-            var backward = dtype == DType.F32 ? Tolerance.Close(1e-5 * spread, 1e-5 * spread) : Tolerance.Close(1.0 / 128, 1e-3);
-            Eq.AssertClose(dQkv, backward, $"attention dQkv (accumulated), {what}");
-        }
-    }
+    public void AttentionMatchesTheCpu(DType dtype, DType lseType) =>
+        MemberCases.Attention(Eq, dtype, lseType);
 
     [Test]
     public void AttentionBackwardIsDeterministic()

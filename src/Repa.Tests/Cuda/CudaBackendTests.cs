@@ -120,25 +120,8 @@ public abstract partial class CudaBackendTests
     }
 
     [Test]
-    public void CopyAndFillMatchTheCpu([Values(DType.F32, DType.I32, DType.F64, DType.BF16)] DType dtype)
-    {
-        var source = Eq.Random(dtype, 37, scale: 100);
-        var target = Eq.Random(dtype, 41, scale: 100);
-        Eq.Run((be, on) =>
-        {
-            be.Copy(on(source), 3, on(target), 5, 29);
-            be.Fill(on(target), 0, 2, -3.75);
-            be.Fill(on(target), 39, 1, 1e6 + 0.7);
-        });
-        Eq.AssertClose(target, Tolerance.Bits, "copy + fill");
-        // Overlapping ranges of one buffer move as memmove does, both ways.
-        Eq.Run((be, on) =>
-        {
-            be.Copy(on(source), 0, on(source), 4, 30);
-            be.Copy(on(source), 10, on(source), 7, 25);
-        });
-        Eq.AssertClose(source, Tolerance.Bits, "overlapping copies");
-    }
+    public void CopyAndFillMatchTheCpu([Values(DType.F32, DType.I32, DType.F64, DType.BF16)] DType dtype) =>
+        MemberCases.CopyAndFill(Eq, dtype);
 
     [Test]
     public void Bf16AndF16FillRoundToNearestEven()
@@ -291,19 +274,8 @@ public abstract partial class CudaBackendTests
     ];
 
     [Test]
-    public void BinaryOpsMatchTheCpuExactly([Values] BinaryOp op, [Values(DType.F32, DType.BF16)] DType dtype)
-    {
-        foreach (var (shape, aShape, bShape) in BroadcastCases)
-        {
-            var a = Eq.Random(dtype, Shapes.Count(aShape));
-            var b = Eq.Random(dtype, Shapes.Count(bShape));
-            var y = Eq.Full(dtype, Shapes.Count(shape), float.NaN);
-            long[] sa = Shapes.BroadcastStrides(Pad(aShape, shape.Length), shape), sb = Shapes.BroadcastStrides(Pad(bShape, shape.Length), shape);
-            Eq.Run((be, on) => be.Binary(op, on(a), sa, on(b), sb, on(y), shape));
-            // One IEEE operation in float32 on both sides, rounded once to the storage type.
-            Eq.AssertClose(y, Tolerance.Bits, $"{op} {Shapes.Format(aShape)} {Shapes.Format(bShape)} -> {Shapes.Format(shape)}");
-        }
-    }
+    public void BinaryOpsMatchTheCpuExactly([Values] BinaryOp op, [Values(DType.F32, DType.BF16)] DType dtype) =>
+        MemberCases.BinaryOps(Eq, op, dtype);
 
     [Test]
     public void BinaryOpsUpdateInPlace([Values(DType.F32, DType.BF16)] DType dtype)
@@ -323,7 +295,6 @@ public abstract partial class CudaBackendTests
         Eq.AssertClose(x, Tolerance.Bits, "x -= other[0]");
     }
 
-    private static int[] Pad(int[] shape, int rank) => [.. Enumerable.Repeat(1, rank - shape.Length), .. shape];
 
     [Test]
     public void AxpbyMatchesTheCpu([Values(0.0, 1.0, -0.75)] double beta)
@@ -377,19 +348,8 @@ public abstract partial class CudaBackendTests
     ];
 
     [Test]
-    public void PermutesMatchTheCpu([Values(DType.F32, DType.BF16, DType.I32, DType.F64)] DType dtype, [Values(0.0, 1.0, 0.5)] double beta)
-    {
-        if (beta != 0 && dtype is DType.I32 or DType.F64) Assert.Pass("Permute accumulates in float32 and bfloat16 only (the CPU backend: float32/float64).");
-        foreach (var (shape, perm) in PermuteCases)
-        {
-            long n = Shapes.Count(shape);
-            var x = Eq.Random(dtype, n, scale: 1000);
-            var y = beta == 0 ? Eq.Full(dtype, n, float.NaN) : Eq.Random(dtype, n);
-            Eq.Run((be, on) => be.Permute(on(x), on(y), shape, perm, beta));
-            // beta * y and + x are rounded separately on both sides (no fused multiply-add): bit-exact.
-            Eq.AssertClose(y, Tolerance.Bits, $"permute {Shapes.Format(shape)} by [{string.Join(", ", perm)}], beta {beta}");
-        }
-    }
+    public void PermutesMatchTheCpu([Values(DType.F32, DType.BF16, DType.I32, DType.F64)] DType dtype, [Values(0.0, 1.0, 0.5)] double beta) =>
+        MemberCases.Permutes(Eq, dtype, beta);
 
     [Test]
     public void PermutesOfBf16CopyEveryBit()
@@ -404,19 +364,8 @@ public abstract partial class CudaBackendTests
     }
 
     [Test]
-    public void CopyRowsMatchesTheCpu([Values(DType.F32, DType.BF16, DType.I32)] DType dtype, [Values(0.0, 1.0, 2.0)] double beta)
-    {
-        if (beta != 0 && dtype == DType.I32) Assert.Pass("CopyRows accumulates in float32 and bfloat16 only (the CPU backend: float32/float64).");
-        // (source offset, source stride, destination offset, destination stride, rows, width)
-        (long, long, long, long, int, int)[] cases = [(0, 5, 0, 5, 7, 5), (3, 11, 2, 17, 7, 5), (1, 0, 4, 9, 6, 9), (10, 3, 0, 1, 1, 1), (0, 40, 0, 40, 1, 40), (5, 4, 6, 4, 0, 3)];
-        foreach (var (so, ss, d0, ds, rows, width) in cases)
-        {
-            var source = Eq.Random(dtype, 100, scale: 100);
-            var destination = beta == 0 ? Eq.Full(dtype, 200, float.NaN) : Eq.Random(dtype, 200);
-            Eq.Run((be, on) => be.CopyRows(on(source), so, ss, on(destination), d0, ds, rows, width, beta));
-            Eq.AssertClose(destination, Tolerance.Bits, $"copy rows ({so}, {ss}) -> ({d0}, {ds}) x {rows} x {width}, beta {beta}");
-        }
-    }
+    public void CopyRowsMatchesTheCpu([Values(DType.F32, DType.BF16, DType.I32)] DType dtype, [Values(0.0, 1.0, 2.0)] double beta) =>
+        MemberCases.CopyRows(Eq, dtype, beta);
 
     // ---- GEMM -----------------------------------------------------------------------------------------------------
 

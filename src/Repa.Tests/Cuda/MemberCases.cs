@@ -1,4 +1,5 @@
 using NUnit.Framework;
+using Repa.Autograd;
 using Repa.Kernels;
 
 namespace Repa.Tests.Cuda;
@@ -17,6 +18,100 @@ internal static class MemberCases
     public static readonly Tolerance Bf16Stores = Tolerance.Close(1.0 / 128, 2e-3);
 
     public static Tolerance Stored(DType dtype) => dtype == DType.F32 ? F32Sums : Bf16Stores;
+
+    /// <summary>A shape with leading unit axes up to <paramref name="rank"/> (numpy broadcasting).</summary>
+    public static int[] Pad(int[] shape, int rank) => [.. Enumerable.Repeat(1, rank - shape.Length), .. shape];
+
+    public static void CopyAndFill(BackendEquivalence eq, DType dtype)
+    {
+        var source = eq.Random(dtype, 37, scale: 100);
+        var target = eq.Random(dtype, 41, scale: 100);
+        eq.Run((be, on) =>
+        {
+            be.Copy(on(source), 3, on(target), 5, 29);
+            be.Fill(on(target), 0, 2, -3.75);
+            be.Fill(on(target), 39, 1, 1e6 + 0.7);
+        });
+        eq.AssertClose(target, Tolerance.Bits, "copy + fill");
+        // Overlapping ranges of one buffer move as memmove does, both ways.
+        eq.Run((be, on) =>
+        {
+            be.Copy(on(source), 0, on(source), 4, 30);
+            be.Copy(on(source), 10, on(source), 7, 25);
+        });
+        eq.AssertClose(source, Tolerance.Bits, "overlapping copies");
+    }
+
+    public static void BinaryOps(BackendEquivalence eq, BinaryOp op, DType dtype)
+    {
+        foreach (var (shape, aShape, bShape) in CudaBackendTests.BroadcastCases)
+        {
+            var a = eq.Random(dtype, Shapes.Count(aShape));
+            var b = eq.Random(dtype, Shapes.Count(bShape));
+            var y = eq.Full(dtype, Shapes.Count(shape), float.NaN);
+            long[] sa = Shapes.BroadcastStrides(Pad(aShape, shape.Length), shape), sb = Shapes.BroadcastStrides(Pad(bShape, shape.Length), shape);
+            eq.Run((be, on) => be.Binary(op, on(a), sa, on(b), sb, on(y), shape));
+            // One IEEE operation in float32 on both sides, rounded once to the storage type.
+            eq.AssertClose(y, Tolerance.Bits, $"{op} {Shapes.Format(aShape)} {Shapes.Format(bShape)} -> {Shapes.Format(shape)}");
+        }
+    }
+
+    public static void Permutes(BackendEquivalence eq, DType dtype, double beta)
+    {
+        if (beta != 0 && dtype is DType.I32 or DType.F64) Assert.Pass("Permute accumulates in float32 and bfloat16 only (the CPU backend: float32/float64).");
+        foreach (var (shape, perm) in CudaBackendTests.PermuteCases)
+        {
+            long n = Shapes.Count(shape);
+            var x = eq.Random(dtype, n, scale: 1000);
+            var y = beta == 0 ? eq.Full(dtype, n, float.NaN) : eq.Random(dtype, n);
+            eq.Run((be, on) => be.Permute(on(x), on(y), shape, perm, beta));
+            // beta * y and + x are rounded separately on both sides (no fused multiply-add): bit-exact.
+            eq.AssertClose(y, Tolerance.Bits, $"permute {Shapes.Format(shape)} by [{string.Join(", ", perm)}], beta {beta}");
+        }
+    }
+
+    public static void CopyRows(BackendEquivalence eq, DType dtype, double beta)
+    {
+        if (beta != 0 && dtype == DType.I32) Assert.Pass("CopyRows accumulates in float32 and bfloat16 only (the CPU backend: float32/float64).");
+        // (source offset, source stride, destination offset, destination stride, rows, width)
+        (long, long, long, long, int, int)[] cases = [(0, 5, 0, 5, 7, 5), (3, 11, 2, 17, 7, 5), (1, 0, 4, 9, 6, 9), (10, 3, 0, 1, 1, 1), (0, 40, 0, 40, 1, 40), (5, 4, 6, 4, 0, 3)];
+        foreach (var (so, ss, d0, ds, rows, width) in cases)
+        {
+            var source = eq.Random(dtype, 100, scale: 100);
+            var destination = beta == 0 ? eq.Full(dtype, 200, float.NaN) : eq.Random(dtype, 200);
+            eq.Run((be, on) => be.CopyRows(on(source), so, ss, on(destination), d0, ds, rows, width, beta));
+            eq.AssertClose(destination, Tolerance.Bits, $"copy rows ({so}, {ss}) -> ({d0}, {ds}) x {rows} x {width}, beta {beta}");
+        }
+    }
+
+    public static void Attention(BackendEquivalence eq, DType dtype, DType lseType)
+    {
+        foreach (var (batch, heads, tokens, headDim, customScale) in CudaBackendTests.AttentionCases)
+        {
+            int width = heads * headDim;
+            double scale = customScale ?? 1.0 / Math.Sqrt(headDim);
+            string what = $"N {batch}, H {heads}, T {tokens}, hd {headDim}, scale {scale:G3}, lse {lseType.Name()}";
+            var qkv = eq.Random(dtype, (long)batch * tokens * 3 * width);
+            var output = eq.Full(dtype, (long)batch * tokens * width, float.NaN);
+            var lse = eq.Full(lseType, (long)batch * heads * tokens, float.NaN);
+            eq.Run((be, on) => be.AttentionForward(on(qkv), on(output), on(lse), batch, tokens, heads, headDim, scale));
+            // fp32: the online softmax rescales where the CPU divides once; measured worst |d| 2e-6 (lse ~5). bf16: one rounding.
+            var forward = dtype == DType.F32 ? Tolerance.Close(1e-5, 1e-5) : Tolerance.Close(1.0 / 128, 1e-3);
+            eq.AssertClose(output, forward, $"attention output, {what}");
+            eq.AssertClose(lse, lseType == DType.F32 ? Tolerance.Close(1e-5, 1e-5) : Tolerance.Close(1.0 / 128, 1e-3), $"attention lse, {what}");
+
+            // The backward from the same (rounded) forward results on both sides, accumulating into non-zero gradients.
+            eq.StoreAsCandidate(output, lse);
+            var dOutput = eq.Random(dtype, (long)batch * tokens * width);
+            var dQkv = eq.Random(dtype, (long)batch * tokens * 3 * width);
+            eq.Run((be, on) => be.AttentionBackward(on(qkv), on(output), on(dOutput), on(lse), on(dQkv), batch, tokens, heads, headDim, scale));
+            // Measured worst |d| on the emulator: fp32 6e-6 (T 130), bf16 one storage ulp of a few elements. fp32 errors
+            // grow with the scores' spread (std scale sqrt(head_dim) here): exp(s - lse) carries |s| ulps of s.
+            double spread = 1 + scale * Math.Sqrt(headDim);
+            var backward = dtype == DType.F32 ? Tolerance.Close(1e-5 * spread, 1e-5 * spread) : Tolerance.Close(1.0 / 128, 1e-3);
+            eq.AssertClose(dQkv, backward, $"attention dQkv (accumulated), {what}");
+        }
+    }
 
     public static void Mse(BackendEquivalence eq, int inner, DType dtype)
     {

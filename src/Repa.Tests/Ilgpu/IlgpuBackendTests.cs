@@ -87,23 +87,11 @@ public sealed partial class IlgpuBackendTests
     }
 
     [Test]
-    public void CopyFillAndConvertMatchTheCpu([Values(DType.F32, DType.I32, DType.F64)] DType dtype)
+    public void CopyAndFillMatchTheCpu([Values(DType.F32, DType.I32, DType.F64)] DType dtype) => MemberCases.CopyAndFill(eq, dtype);
+
+    [Test]
+    public void ConversionsMatchTheCpu()
     {
-        var source = eq.Random(dtype, 37, scale: 100);
-        var target = eq.Random(dtype, 41, scale: 100);
-        eq.Run((be, on) =>
-        {
-            be.Copy(on(source), 3, on(target), 5, 29);
-            be.Fill(on(target), 0, 2, -3.75);
-            be.Fill(on(target), 39, 1, 1e6 + 0.7);
-        });
-        eq.AssertClose(target, Tolerance.Bits, "copy + fill");
-        eq.Run((be, on) =>
-        {
-            be.Copy(on(source), 0, on(source), 4, 30);
-            be.Copy(on(source), 10, on(source), 7, 25);
-        });
-        eq.AssertClose(source, Tolerance.Bits, "overlapping copies move as memmove");
         var ints = eq.Ints(16777217, -16777219, int.MaxValue, int.MinValue, 0, -7, 123456789);
         var floats = eq.Values(DType.F32, new float[7]);
         var doubles = eq.Values(DType.F64, new float[7]);
@@ -169,26 +157,7 @@ public sealed partial class IlgpuBackendTests
     }
 
     [Test]
-    public void BinaryOpsMatchTheCpuExactly([Values] BinaryOp op)
-    {
-        foreach (var (shape, aShape, bShape) in CudaBackendTests.BroadcastCases)
-        {
-            var a = eq.Random(DType.F32, Shapes.Count(aShape));
-            var b = eq.Random(DType.F32, Shapes.Count(bShape));
-            var y = eq.Full(DType.F32, Shapes.Count(shape), float.NaN);
-            long[] sa = Shapes.BroadcastStrides(Pad(aShape, shape.Length), shape), sb = Shapes.BroadcastStrides(Pad(bShape, shape.Length), shape);
-            eq.Run((be, on) => be.Binary(op, on(a), sa, on(b), sb, on(y), shape));
-            eq.AssertClose(y, Tolerance.Bits, $"{op} {Shapes.Format(aShape)} {Shapes.Format(bShape)} -> {Shapes.Format(shape)}");
-        }
-        // In place: x = x + bias.
-        int[] s2 = [9, 13];
-        var x = eq.Random(DType.F32, 9 * 13);
-        var bias = eq.Random(DType.F32, 13);
-        eq.Run((be, on) => be.Binary(op, on(x), Shapes.Strides(s2), on(bias), [0, 1], on(x), s2));
-        eq.AssertClose(x, Tolerance.Bits, "in place");
-    }
-
-    private static int[] Pad(int[] shape, int rank) => [.. Enumerable.Repeat(1, rank - shape.Length), .. shape];
+    public void BinaryOpsMatchTheCpuExactly([Values] BinaryOp op) => MemberCases.BinaryOps(eq, op, DType.F32);
 
     [Test]
     public void AxpbyAndSumsMatchTheCpu([Values(0.0, 1.0, -0.75)] double beta)
@@ -207,32 +176,12 @@ public sealed partial class IlgpuBackendTests
     }
 
     [Test]
-    public void PermutesAndRowCopiesMatchTheCpu([Values(0.0, 1.0, 0.5)] double beta)
-    {
-        foreach (var (shape, perm) in CudaBackendTests.PermuteCases)
-        {
-            long n = Shapes.Count(shape);
-            var x = eq.Random(DType.F32, n, scale: 1000);
-            var y = beta == 0 ? eq.Full(DType.F32, n, float.NaN) : eq.Random(DType.F32, n);
-            eq.Run((be, on) => be.Permute(on(x), on(y), shape, perm, beta));
-            eq.AssertClose(y, Tolerance.Bits, $"permute {Shapes.Format(shape)} by [{string.Join(", ", perm)}], beta {beta}");
-        }
-        if (beta == 0)
-        {
-            var ids = eq.Ints(1, 2, 3, 4, 5, 6);
-            var moved = eq.Ints(0, 0, 0, 0, 0, 0);
-            eq.Run((be, on) => be.Permute(on(ids), on(moved), [2, 3], [1, 0], 0));
-            eq.AssertClose(moved, Tolerance.Bits, "int32 permute");
-        }
-        (long, long, long, long, int, int)[] cases = [(0, 5, 0, 5, 7, 5), (3, 11, 2, 17, 7, 5), (1, 0, 4, 9, 6, 9), (10, 3, 0, 1, 1, 1), (5, 4, 6, 4, 0, 3)];
-        foreach (var (so, ss, d0, ds, rows, width) in cases)
-        {
-            var source = eq.Random(DType.F32, 100, scale: 100);
-            var destination = beta == 0 ? eq.Full(DType.F32, 200, float.NaN) : eq.Random(DType.F32, 200);
-            eq.Run((be, on) => be.CopyRows(on(source), so, ss, on(destination), d0, ds, rows, width, beta));
-            eq.AssertClose(destination, Tolerance.Bits, $"copy rows ({so}, {ss}) -> ({d0}, {ds}) x {rows} x {width}, beta {beta}");
-        }
-    }
+    public void PermutesMatchTheCpu([Values(DType.F32, DType.I32)] DType dtype, [Values(0.0, 1.0, 0.5)] double beta) =>
+        MemberCases.Permutes(eq, dtype, beta);
+
+    [Test]
+    public void CopyRowsMatchesTheCpu([Values(DType.F32, DType.I32)] DType dtype, [Values(0.0, 1.0, 2.0)] double beta) =>
+        MemberCases.CopyRows(eq, dtype, beta);
 
     // ---- GEMM -----------------------------------------------------------------------------------------------------
 
