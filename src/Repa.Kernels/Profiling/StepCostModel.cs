@@ -1,0 +1,61 @@
+namespace Repa.Kernels.Profiling;
+
+/// <summary>
+/// Expected GPU time of recorded <see cref="KernelCall"/>s, on paper: per call the roofline max(bytes / bandwidth,
+/// FLOPs / peak) at the rate of the unit it runs on, never below a launch floor per kernel launch. The defaults are an
+/// H100 SXM's; every figure is a stated assumption, not a measurement.
+/// </summary>
+public sealed record StepCostModel
+{
+    /// <summary>The device the figures describe.</summary>
+    public string Device { get; init; } = "H100 SXM";
+
+    /// <summary>DRAM bandwidth a streaming kernel can reach, bytes/s (3.35 TB/s peak less what streams lose).</summary>
+    public double MemoryBandwidth { get; init; } = 3.0e12;
+
+    /// <summary>Fraction of <see cref="MemoryBandwidth"/> our bandwidth-bound kernels reach (grid-stride, warp-per-row).</summary>
+    public double MemoryEfficiency { get; init; } = 0.8;
+
+    /// <summary>Dense bf16 tensor-core rate of large cuBLAS GEMMs, FLOP/s (measured ~800 T, vendor 989 T).</summary>
+    public double TensorPeak { get; init; } = 800e12;
+
+    /// <summary>Fraction of <see cref="TensorPeak"/> our GEMM shapes reach (M = 65536 tokens, N and K 1152 to 4608).</summary>
+    public double GemmEfficiency { get; init; } = 0.8;
+
+    /// <summary>fp32 CUDA-core (non-tensor) FMA peak, FLOP/s: what fp32 GEMMs (CUBLAS_COMPUTE_32F, no TF32) and
+    /// kernels/attention.cu run on.</summary>
+    public double Fp32Peak { get; init; } = 67e12;
+
+    /// <summary>Fraction of <see cref="Fp32Peak"/> cuBLAS SGEMM reaches on large shapes.</summary>
+    public double Fp32GemmEfficiency { get; init; } = 0.8;
+
+    /// <summary>Fraction of <see cref="Fp32Peak"/> kernels/attention.cu reaches: one shared float4 load per 4 FFMA, two
+    /// shuffles and an exp per score, 8-12 warps per SM (docs/notes/cuda.md's guess, 25-35%).</summary>
+    public double AttentionEfficiency { get; init; } = 0.3;
+
+    /// <summary>Least time of one kernel launch, seconds (launch latency and ramp, no CUDA graph).</summary>
+    public double LaunchFloor { get; init; } = 3e-6;
+
+    /// <summary>Host-to-device and back through PCIe from pageable managed memory, bytes/s.</summary>
+    public double HostBandwidth { get; init; } = 20e9;
+
+    /// <summary>The FLOP rate the call's unit runs at (GEMMs: tensor cores when <paramref name="tensorCoreGemms"/>).</summary>
+    public double ComputeRate(ComputeUnit unit, bool tensorCoreGemms) => unit switch
+    {
+        ComputeUnit.Gemm => tensorCoreGemms ? TensorPeak * GemmEfficiency : Fp32Peak * Fp32GemmEfficiency,
+        ComputeUnit.CudaCores => Fp32Peak * AttentionEfficiency,
+        _ => Fp32Peak, // element-wise arithmetic: never the bound in practice
+    };
+
+    /// <summary>
+    /// Seconds for a call moving <paramref name="bytes"/>: max(bytes / bandwidth, FLOPs / rate, launches x floor);
+    /// host transfers at <see cref="HostBandwidth"/>.
+    /// </summary>
+    public double Seconds(KernelCall call, long bytes, bool tensorCoreGemms)
+    {
+        if (call.Unit == ComputeUnit.Host) return bytes / HostBandwidth;
+        double memory = bytes / (MemoryBandwidth * MemoryEfficiency);
+        double compute = call.Flops / ComputeRate(call.Unit, tensorCoreGemms);
+        return Math.Max(Math.Max(memory, compute), call.Launches * LaunchFloor);
+    }
+}

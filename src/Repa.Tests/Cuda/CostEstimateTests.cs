@@ -1,0 +1,146 @@
+using NUnit.Framework;
+using Repa.Kernels;
+using Repa.Kernels.Profiling;
+using Repa.Runtime.Models;
+using Repa.Runtime.Training;
+
+namespace Repa.Tests;
+
+/// <summary>
+/// The counting backend's per-op costs against hand-computed values, the whole-step trace against the trainer's FLOP
+/// formula, and docs/notes/cuda-estimate.md against what `estimate` makes today.
+/// </summary>
+[TestFixture]
+public sealed class CostEstimateTests
+{
+    private static StepEstimate? estimate;
+
+    /// <summary>One SiT-XL/2 + REPA step at batch 256 on the counting backend, shared by the whole-step tests (~5 s).</summary>
+    private static StepEstimate Estimate => estimate ??= StepEstimate.Run();
+
+    [Test]
+    public void GemmCountsTwoMnkFlopsAndEachOperandOnce()
+    {
+        using var backend = new CostBackend();
+        var a = backend.Allocate(DType.F32, 64 * 32);
+        var b = backend.Allocate(DType.BF16, 3 * 32 * 16);
+        var c = backend.Allocate(DType.F32, 3 * 64 * 16);
+        // C = A B^T over 3 batch items with A broadcast (stride 0): A read once, B three times, C read and written (beta 1).
+        backend.Gemm(false, true, 64, 16, 32, 1, a, 0, 32, 0, b, 0, 32, 32 * 16, 1, c, 0, 16, 64 * 16, batch: 3);
+        var call = backend.Calls.Single();
+        Assert.That(call.Family, Is.EqualTo("gemm"));
+        Assert.That(call.Shape, Is.EqualTo("NT 64x16x32 x3"));
+        Assert.That(call.Flops, Is.EqualTo(2.0 * 64 * 16 * 32 * 3));
+        Assert.That(call.Bytes, Is.EqualTo(64 * 32 * 4 + 3 * 32 * 16 * 2 + 2 * 3 * 64 * 16 * 4));
+        Assert.That(call.Launches, Is.EqualTo(1));
+
+        backend.Clear();
+        backend.Gemm(false, false, 64, 16, 32, 1, a, 0, 32, 0, b, 0, 16, 0, 0, c, 0, 16, 0);
+        Assert.That(backend.Calls.Single().Bytes, Is.EqualTo(64 * 32 * 4 + 32 * 16 * 2 + 64 * 16 * 4), "beta = 0 never reads C");
+    }
+
+    [Test]
+    public void LayerNormCountsTheCudaBackendsPassesAndScratch()
+    {
+        using var backend = new CostBackend();
+        const int rows = 8, dim = 16, group = 4;
+        var x = backend.Allocate(DType.BF16, rows * dim);
+        var y = backend.Allocate(DType.BF16, rows * dim);
+        var shift = backend.Allocate(DType.BF16, rows / group * dim);
+        var scale = backend.Allocate(DType.BF16, rows / group * dim);
+        var weight = backend.Allocate(DType.F32, dim);
+        var bias = backend.Allocate(DType.F32, dim);
+        var mean = backend.Allocate(DType.F32, rows);
+        var rstd = backend.Allocate(DType.F32, rows);
+        backend.LayerNormForward(x, null, null, shift, scale, y, mean, rstd, rows, dim, group, 1e-6);
+        var forward = backend.Calls.Single();
+        Assert.That(forward.Bytes, Is.EqualTo((rows * dim + 2 * (rows / group * dim) + rows * dim) * 2 + 2 * rows * 4));
+        Assert.That(forward.Flops, Is.EqualTo(8.0 * rows * dim));
+
+        // Affine backward without modulation: the input kernel, the parameter kernel into [chunks, dim] fp32 partials
+        // (dim 16 is one column tile, so min(8 x 132, rows) = 8 chunks of one row), then one column sum per gradient.
+        backend.Clear();
+        var dy = backend.Allocate(DType.BF16, rows * dim);
+        var dx = backend.Allocate(DType.BF16, rows * dim);
+        var dweight = backend.Allocate(DType.F32, dim);
+        var dbias = backend.Allocate(DType.F32, dim);
+        backend.LayerNormBackward(x, weight, bias, null, mean, rstd, dy, dx, dweight, dbias, null, null, rows, dim, 1);
+        var calls = backend.Calls;
+        Assert.That(calls.Select(c => c.Kind), Is.EqualTo(new[] { "LayerNormBackward input", "LayerNormBackward params", "LayerNormBackward fold", "LayerNormBackward fold" }));
+        Assert.That(calls.Sum(c => c.Launches), Is.EqualTo(4));
+        long n = rows * dim;
+        Assert.That(calls[0].Bytes, Is.EqualTo((n + n + 2 * n) * 2 + dim * 4 + 2 * rows * 4), "x, dy read; dx read and written; weight; mean, rstd");
+        Assert.That(calls[1].Bytes, Is.EqualTo((n + n) * 2 + dim * 4 + 2 * rows * 4 + 2 * (8 * dim) * 4), "x, dy, weight, mean, rstd read; two fp32 partials written");
+        Assert.That(calls[2].Bytes, Is.EqualTo(8 * dim * 4 + 2 * dim * 4), "the partials read, dweight read and written");
+    }
+
+    [Test]
+    public void AttentionCountsCudaCoreFlopsAndTheBackwardsRecompute()
+    {
+        using var backend = new CostBackend();
+        const int batch = 2, tokens = 8, heads = 2, headDim = 4, width = heads * headDim;
+        var qkv = backend.Allocate(DType.F32, batch * tokens * 3 * width);
+        var output = backend.Allocate(DType.F32, batch * tokens * width);
+        var lse = backend.Allocate(DType.F32, batch * heads * tokens);
+        var dOutput = backend.Allocate(DType.F32, batch * tokens * width);
+        var dQkv = backend.Allocate(DType.F32, batch * tokens * 3 * width);
+        backend.AttentionForward(qkv, output, lse, batch, tokens, heads, headDim, 0.5);
+        backend.AttentionBackward(qkv, output, dOutput, lse, dQkv, batch, tokens, heads, headDim, 0.5);
+        var (forward, backward) = (backend.Calls[0], backend.Calls[1]);
+        double scores = (double)batch * heads * tokens * tokens * headDim;
+        Assert.That(forward.Unit, Is.EqualTo(ComputeUnit.CudaCores));
+        Assert.That(forward.Flops, Is.EqualTo(4 * scores), "QK^T and PV: 2 T^2 hd each per (n, h)");
+        Assert.That(forward.Bytes, Is.EqualTo((batch * tokens * 3 * width + batch * tokens * width + batch * heads * tokens) * 4));
+        Assert.That(backward.Flops, Is.EqualTo(14 * scores), "S and dP in both passes, dV, dQ, dK");
+        Assert.That(backward.Launches, Is.EqualTo(2));
+        long rows3 = batch * tokens * 3 * width, rows1 = batch * tokens * width, stats = batch * heads * tokens;
+        // qkv, dO, lse read by both passes; O once; Di written then read; dQkv read and written.
+        Assert.That(backward.Bytes, Is.EqualTo((2 * rows3 + rows1 + 2 * rows1 + 2 * stats + 2 * stats + 2 * rows3) * 4));
+    }
+
+    [Test]
+    public void DownloadsAreZerosAndNothingIsComputed()
+    {
+        using var backend = new CostBackend();
+        var x = backend.Allocate(DType.F32, 5);
+        backend.Upload<float>([1, 2, 3, 4, 5], x);
+        var back = new float[] { 9, 9, 9, 9, 9 };
+        backend.Download<float>(x, back);
+        Assert.That(back, Is.All.EqualTo(0f));
+        Assert.That(backend.SumOfSquares(x, 5), Is.EqualTo(0));
+        Assert.That(backend.Calls.Select(c => (c.Family, c.Kind)), Is.EqualTo(new[] { ("host", "upload"), ("host", "download"), ("optim", "SumOfSquares") }));
+        Assert.That(backend.Calls[0].Bytes, Is.EqualTo(20));
+    }
+
+    /// <summary>
+    /// The GEMM FLOPs of the traced step are Trainer.FlopsPerImage x batch less exactly two things: attention, which
+    /// the formula counts (3 x 4 T^2 D per block) but which runs in its own kernel, and the input gradients of the
+    /// patch embedding and of the timestep MLP's first layer, which the formula's "3 x forward" includes but autograd
+    /// skips (their inputs need no gradient). So the GEMMs are ~96.5% of the model FLOPs for SiT-XL/2 at 256 tokens.
+    /// </summary>
+    [Test]
+    public void StepGemmFlopsMatchTheTrainersFormula()
+    {
+        var e = Estimate;
+        var config = SiTConfig.Preset("SiT-XL/2");
+        double d = config.HiddenSize, t = config.Tokens, batch = e.Options.Batch;
+        double attention = 3 * config.Depth * 4 * t * t * d;
+        double skippedInputGradients = 2 * t * d * (config.PatchSize * config.PatchSize * e.Channels) + 2 * SiTConfig.FrequencyEmbeddingSize * d;
+        double expected = (e.FlopsPerImage - attention - skippedInputGradients) * batch;
+        Assert.That(e.GemmFlops, Is.EqualTo(expected).Within(1e-12).Percent);
+        Assert.That(e.GemmFlops / (e.FlopsPerImage * batch), Is.InRange(0.96, 0.97));
+        // Attention as executed: 4 forward + 14 backward against the formula's 12 (3 x 4) per T^2 D.
+        Assert.That(e.AttentionFlops, Is.EqualTo(attention * batch * 18 / 12).Within(1e-12).Percent);
+        Assert.That(e.ActivationType, Is.EqualTo(DType.F32).Or.EqualTo(DType.BF16));
+        Assert.That(e.Calls.Count(c => c.Kind == "AdamWStep"), Is.EqualTo(e.Calls.Count(c => c.Kind == "EmaUpdate")), "one AdamW and one EMA update per parameter");
+    }
+
+    [Test]
+    public void EstimateTableIsCurrent()
+    {
+        string table = Estimate.Markdown();
+        string path = Path.Combine(NvrtcTests.RepositoryRoot(), StepEstimate.TablePath);
+        Assert.That(File.Exists(path), Is.True, $"{StepEstimate.TablePath} is missing; generate it with `{StepEstimate.Command}`");
+        Assert.That(File.ReadAllText(path), Is.EqualTo(table), $"{StepEstimate.TablePath} is stale; regenerate it with `{StepEstimate.Command}`");
+    }
+}
