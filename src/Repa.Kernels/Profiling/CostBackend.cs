@@ -29,6 +29,10 @@ public readonly record struct BufferTraffic(DeviceBuffer Buffer, long Elements);
 public sealed record KernelCall(string Family, string Kind, string Shape, int Launches, double Flops, ComputeUnit Unit,
     IReadOnlyList<BufferTraffic> Traffic)
 {
+    /// <summary>Times the call waits for the device to drain and reads a result back to the host (a download, the
+    /// squared norm's double, the embedding's bad-id flag).</summary>
+    public int Synchronizations { get; init; }
+
     /// <summary>DRAM bytes at each buffer's own element size.</summary>
     public long Bytes => BytesWith(b => b.DType.SizeInBytes());
 
@@ -115,6 +119,13 @@ public sealed class CostBackend : IBackend
 
     public void Dispose() => Pool.Dispose();
 
+    private void RecordSynchronizing(string family, string kind, string shape, int launches, double flops, ComputeUnit unit,
+        params ReadOnlySpan<BufferTraffic> traffic)
+    {
+        Record(family, kind, shape, launches, flops, unit, traffic);
+        calls[^1] = calls[^1] with { Synchronizations = 1 };
+    }
+
     private void Record(string family, string kind, string shape, int launches, double flops, ComputeUnit unit,
         params ReadOnlySpan<BufferTraffic> traffic)
     {
@@ -145,7 +156,7 @@ public sealed class CostBackend : IBackend
     {
         destination.Clear();
         long bytes = (long)destination.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T1>();
-        Record("host", "download", "", 0, 0, ComputeUnit.Host, T(source, bytes / source.DType.SizeInBytes()));
+        RecordSynchronizing("host", "download", "", 0, 0, ComputeUnit.Host, T(source, bytes / source.DType.SizeInBytes()));
     }
 
     /// <summary>cuMemcpyDtoD: counted as one launch (a device operation with a kernel's latency).</summary>
@@ -332,10 +343,10 @@ public sealed class CostBackend : IBackend
     {
         if (rows == 0 || (dx == null && dy == null && dgate == null)) return;
         long n = (long)rows * dim, groupElements = (long)(rows / rowsPerGroup) * dim;
-        // dx may alias dy: one read-modify-write stream then.
+        // y is read for dgate only, gate for dy only; dx may alias dy (one read-modify-write stream then).
         bool aliased = dx != null && ReferenceEquals(dx, dy);
         Record("norm", "GatedResidualBackward", "", 1, 4.0 * n, ComputeUnit.Memory,
-            T(y, n, dy != null || dgate != null), T(gate, groupElements), T(dout, n),
+            T(y, n, dgate != null), T(gate, groupElements, dy != null), T(dout, n),
             T(dx, ReadWrite(n), true), T(dy, ReadWrite(n), !aliased), T(dgate, ReadWrite(groupElements), true));
     }
 
@@ -425,8 +436,8 @@ public sealed class CostBackend : IBackend
     public void EmbeddingForward(DeviceBuffer table, DeviceBuffer ids, DeviceBuffer y, long count, int vocab, int dim)
     {
         if (count == 0) return;
-        // Plus an 8-byte flag filled and read back (one synchronisation), which the launch floor covers.
-        Record("embed", "EmbeddingForward", "", 1, 0, ComputeUnit.Memory, T(ids, count), T(table, count * dim), T(y, count * dim));
+        // Plus an 8-byte flag set before and read back after (one synchronisation).
+        RecordSynchronizing("embed", "EmbeddingForward", "", 1, 0, ComputeUnit.Memory, T(ids, count), T(table, count * dim), T(y, count * dim));
     }
 
     public void EmbeddingBackward(DeviceBuffer ids, DeviceBuffer dy, DeviceBuffer dTable, long count, int vocab, int dim)
@@ -455,7 +466,7 @@ public sealed class CostBackend : IBackend
         if (n == 0) return 0;
         long blocks = Math.Min((n + 1023) / 1024, 1024);
         var partial = Scratch(DType.F64, blocks + 1);
-        Record("optim", "SumOfSquares", "", 2, 2.0 * n, ComputeUnit.Memory, T(x, n), T(partial, 2 * blocks + 1));
+        RecordSynchronizing("optim", "SumOfSquares", "", 2, 2.0 * n, ComputeUnit.Memory, T(x, n), T(partial, 2 * blocks + 1));
         return 0;
     }
 

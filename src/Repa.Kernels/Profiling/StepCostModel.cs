@@ -39,6 +39,10 @@ public sealed record StepCostModel
     /// <summary>Host-to-device and back through PCIe from pageable managed memory, bytes/s.</summary>
     public double HostBandwidth { get; init; } = 20e9;
 
+    /// <summary>Cost of one synchronisation with a small read-back, seconds: the stream drains, so the next kernel's
+    /// launch latency is no longer hidden behind running work.</summary>
+    public double SynchronizationCost { get; init; } = 10e-6;
+
     /// <summary>The FLOP rate the call's unit runs at (GEMMs: tensor cores when <paramref name="tensorCoreGemms"/>).</summary>
     public double ComputeRate(ComputeUnit unit, bool tensorCoreGemms) => unit switch
     {
@@ -48,14 +52,15 @@ public sealed record StepCostModel
     };
 
     /// <summary>
-    /// Seconds for a call moving <paramref name="bytes"/>: max(bytes / bandwidth, FLOPs / rate, launches x floor);
-    /// host transfers at <see cref="HostBandwidth"/>.
+    /// Seconds for a call moving <paramref name="bytes"/>: max(bytes / bandwidth, FLOPs / rate, launches x floor) plus
+    /// its synchronisations; host transfers at <see cref="HostBandwidth"/>.
     /// </summary>
     public double Seconds(KernelCall call, long bytes, bool tensorCoreGemms)
     {
-        if (call.Unit == ComputeUnit.Host) return bytes / HostBandwidth;
+        double waits = call.Synchronizations * SynchronizationCost;
+        if (call.Unit == ComputeUnit.Host) return bytes / HostBandwidth + waits;
         double memory = bytes / (MemoryBandwidth * MemoryEfficiency);
         double compute = call.Flops / ComputeRate(call.Unit, tensorCoreGemms);
-        return Math.Max(Math.Max(memory, compute), call.Launches * LaunchFloor);
+        return Math.Max(Math.Max(memory, compute), call.Launches * LaunchFloor) + waits;
     }
 }

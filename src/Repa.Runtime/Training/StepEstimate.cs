@@ -163,7 +163,9 @@ public sealed class StepEstimate
         foreach (var col in Columns) Line($"- **{col.Name}**: {col.Description}.");
         Line();
         Line("## Cost model (stated assumptions)");
-        Line($"- Per call: max(bytes / ({F(m.MemoryBandwidth / 1e12, 1)} TB/s x {F(m.MemoryEfficiency, 2)}), FLOPs / rate, launches x {F(m.LaunchFloor * 1e6, 0)} µs); calls run back to back (one stream, no overlap).");
+        Line($"- Per call: max(bytes / ({F(m.MemoryBandwidth / 1e12, 1)} TB/s x {F(m.MemoryEfficiency, 2)}), FLOPs / rate, launches x {F(m.LaunchFloor * 1e6, 0)} µs) " +
+             $"+ {F(m.SynchronizationCost * 1e6, 0)} µs per synchronisation (a read-back drains the stream); calls run back to back (one stream, no overlap). " +
+             "Launches count kernels, memsets and device-to-device copies.");
         Line($"- GEMM rate: bf16 tensor cores at {F(m.GemmEfficiency, 2)} x {F(m.TensorPeak / 1e12, 0)} TFLOP/s = {F(m.TensorPeak * m.GemmEfficiency / 1e12, 0)} TFLOP/s; " +
              $"fp32 (CUBLAS_COMPUTE_32F, no TF32) on CUDA cores at {F(m.Fp32GemmEfficiency, 2)} x {F(m.Fp32Peak / 1e12, 0)} TFLOP/s = {F(m.Fp32Peak * m.Fp32GemmEfficiency / 1e12, 1)} TFLOP/s.");
         Line($"- Attention (kernels/attention.cu) runs on CUDA cores, not tensor cores, in fp32 whatever the storage type: {F(m.AttentionEfficiency, 2)} x the " +
@@ -180,7 +182,9 @@ public sealed class StepEstimate
         Line("| step time (ms) | " + string.Join(" | ", Columns.Select(c => F(1e3 * StepSeconds(c), 1))) + " |");
         Line("| images/s | " + string.Join(" | ", Columns.Select(c => F(batch / StepSeconds(c), 0))) + " |");
         Line("| MFU | " + string.Join(" | ", Columns.Select(c => F(100 * Mfu(c), 1) + "%")) + " |");
-        Line("| DRAM traffic (GB) | " + string.Join(" | ", Columns.Select(c => Gb(device.Sum(k => k.BytesWith(c.ElementSize))))) + " |");
+        Line($"| launches | {device.Sum(c => c.Launches).ToString("N0", inv)}" + string.Concat(Columns.Skip(1).Select(_ => " | same")) + " |");
+        Line($"| synchronisations | {Calls.Sum(c => c.Synchronizations).ToString("N0", inv)}" + string.Concat(Columns.Skip(1).Select(_ => " | same")) + " |");
+        Line("| device DRAM traffic (GB) | " + string.Join(" | ", Columns.Select(c => Gb(device.Sum(k => k.BytesWith(c.ElementSize))))) + " |");
         Line();
 
         Line("## Per op family");
@@ -230,6 +234,18 @@ public sealed class StepEstimate
                                   $"{Calls.Where(c => c.Family == "optim").Sum(c => c.Launches)}), gradients written rather than zero-filled and then accumulated into (the Fill rows), a CUDA graph for the launch floor, and the host uploads overlapped with compute."
                                 : ": it already does."));
         Line($"- GEMMs at {F(100 * m.GemmEfficiency, 0)}% of {F(m.TensorPeak / 1e12, 0)} TFLOP/s cap MFU at {F(100 * modelFlops / (gemm * m.TensorPeak), 0)}% even with everything else free.");
+        Line();
+        Line("## Limits of this estimate");
+        Line("- Nothing here is measured. The efficiencies above are guesses to be replaced by timings on a GPU.");
+        Line("- One GEMM efficiency for every shape (the small adaLN GEMMs, M = batch, come out bandwidth-bound by the roofline anyway); " +
+             "no L2 reuse between kernels (the activations, ~300 MB each in fp32, exceed the 50 MB L2); no overlap of transfers and compute.");
+        if (Columns.Count > 1)
+            Line("- The bf16 column is a re-pricing, not a trace of mixed-precision code: GEMMs read the fp32 master weights (a real bf16 path " +
+                 $"reads a bf16 copy and pays a cast per step: {F(ParameterCount * 6 / 1e9, 1)} GB, " +
+                 $"{F(1e3 * ParameterCount * 6 / (m.MemoryBandwidth * m.MemoryEfficiency), 1)} ms), and the few small fp32 statistics the kernels keep " +
+                 "(LayerNorm mean/rstd, the attention lse, per-sample losses) are halved with the activations (well under a millisecond).");
+        Line("- Host work is not counted: the batch, noise and time draws (Philox on the CPU), the data loading, the C# side of each launch " +
+             "(assumed hidden behind running kernels except at synchronisations), and the REPA encoder (its targets are cached, as `EncoderTargets` does).");
         return sb.ToString();
 
         void TableHeader(StringBuilder s, string keys, string counts)
