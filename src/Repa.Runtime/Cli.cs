@@ -84,6 +84,9 @@ public static class Cli
                                and samples.npz into the run folder (default true).
           --device auto|cpu|cuda  compute device (default auto: CUDA when a device of compute capability 8.0+ is found,
                                else the CPU, the reason printed; the CUDA backend is verified on the emulator only).
+          --mixed-precision auto|no|bf16  bf16: bfloat16 activations and GEMM inputs, float32 master weights, AdamW
+                               state, LayerNorm/softmax statistics and losses; no: float32 throughout (default auto:
+                               bf16 on CUDA, no on the CPU, which computes in float32).
           --threads N          CPU threads (default: all cores).
 
         SAMPLE OPTIONS

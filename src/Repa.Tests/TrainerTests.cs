@@ -200,6 +200,8 @@ public class TrainerTests
     [TestCase(new[] { "train", "--proj-coeff", "0.5", "--encoder", "none" }, "needs an encoder")]
     [TestCase(new[] { "train", "--lr", "fast" }, "--lr must be a number")]
     [TestCase(new[] { "train", "--batch", "6", "--grad-accum", "4", "--proj-coeff", "0" }, "--grad-accum 4 must be at least 1 and divide --batch 6")]
+    [TestCase(new[] { "train", "--device", "cpu", "--mixed-precision", "bf16", "--proj-coeff", "0" }, "use --mixed-precision no")]
+    [TestCase(new[] { "train", "--mixed-precision", "fp16", "--proj-coeff", "0" }, "needs loss scaling")]
     public void BadTrainInputEndsInOneSentence(string[] args, string message)
     {
         CliRun.AssertOneSentenceError(args, message);

@@ -8,7 +8,8 @@ public static partial class Ops
     /// [3, heads, head_dim] (timm's qkv Linear output) gives [N, T, D], out[n, t, h*hd + d] =
     /// sum_s softmax_s(scale q_t . k_s) v_s[d], heads concatenated ready for the proj Linear. scale defaults to
     /// head_dim^-0.5. Only the per-row log-sum-exp [N, heads, T] is kept for backward, never the T x T probabilities
-    /// (they are recomputed there; see CpuBackend.Attention.cs for the memory arithmetic).
+    /// (they are recomputed there; see CpuBackend.Attention.cs for the memory arithmetic). The log-sum-exp is float32
+    /// for bfloat16 qkv (<see cref="AccumulationType"/>).
     /// </summary>
     public static Tensor Attention(Tensor qkv, int heads, double? scale = null)
     {
@@ -23,7 +24,7 @@ public static partial class Ops
         Require(double.IsFinite(s), op, $"scale must be finite, got {s}.");
 
         var y = NewLike(qkv, n, tokens, d);
-        var lse = NewLike(qkv, n, heads, tokens);
+        var lse = NewStatistics(qkv, n, heads, tokens);
         var be = qkv.Backend;
         be.AttentionForward(qkv.Buffer, y.Buffer, lse.Buffer, n, tokens, heads, headDim, s);
         var result = Record(op, y, [qkv], dy =>

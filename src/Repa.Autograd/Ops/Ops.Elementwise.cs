@@ -86,6 +86,27 @@ public static partial class Ops
         }
     }
 
+    /// <summary>
+    /// x converted to <paramref name="dtype"/> (torch's x.to(dtype)), differentiable: the gradient is converted back and
+    /// accumulated in x's dtype. Mixed precision rests on it: float32 master weights are cast to bfloat16 for the GEMMs
+    /// and their gradients land in float32. Returns x itself when it already has the dtype.
+    /// </summary>
+    public static Tensor Cast(Tensor x, DType dtype)
+    {
+        if (x.DType == dtype) return x;
+        var be = x.Backend;
+        Require(be.Supports(dtype), "cast", $"{be.Name} does not compute in {dtype.Name()}, so {x.Describe()} cannot be cast to it.");
+        var y = Tensor.Empty(be, dtype, x.Shape);
+        be.Convert(x.Buffer, y.Buffer, x.Count);
+        return Record("cast", y, [x], dy =>
+        {
+            if (GradOf(x) is not { } gx) return;
+            using var converted = Tensor.Empty(be, x.DType, x.Shape);
+            be.Convert(dy.Buffer, converted.Buffer, x.Count);
+            Accumulate(converted, gx);
+        });
+    }
+
     /// <summary>y = alpha * x.</summary>
     public static Tensor Scale(Tensor x, double alpha)
     {

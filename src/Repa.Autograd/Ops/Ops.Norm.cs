@@ -1,3 +1,5 @@
+using Repa.Kernels;
+
 namespace Repa.Autograd;
 
 /// <summary>LayerNorm, the adaLN LayerNorm + modulate and the gated residual of the SiT/DiT blocks, each one fused backend kernel.</summary>
@@ -10,7 +12,7 @@ public static partial class Ops
     public static Tensor LayerNorm(Tensor x, Tensor? weight = null, Tensor? bias = null, double eps = 1e-6)
     {
         const string op = "layer_norm";
-        SameBackend(op, [x, .. LayerNormPresent(weight, bias)]);
+        SameBackend(op, x);
         Require(x.Rank >= 1 && x.Shape[^1] > 0, op, $"input {x.Describe()} needs a non-empty last axis to normalise.");
         LayerNormRequireAffine(op, x, weight, bias);
         return LayerNormCore(op, x, weight, bias, null, null, 1, eps);
@@ -23,7 +25,7 @@ public static partial class Ops
     public static Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, double eps = 1e-6, Tensor? weight = null, Tensor? bias = null)
     {
         const string op = "layer_norm_modulate";
-        SameBackend(op, [x, shift, scale, .. LayerNormPresent(weight, bias)]);
+        SameBackend(op, x, shift, scale);
         Require(x.Rank is 2 or 3 && x.Shape[^1] > 0, op, $"input {x.Describe()} must be [N, T, D] or [N, D] with D > 0.");
         int n = x.Shape[0], dim = x.Shape[^1], tokens = x.Rank == 3 ? x.Shape[1] : 1;
         Require(shift.Rank == 2 && shift.Shape[0] == n && shift.Shape[1] == dim, op,
@@ -64,9 +66,17 @@ public static partial class Ops
     private static Tensor[] LayerNormPresent(Tensor? weight, Tensor? bias) =>
         weight != null && bias != null ? [weight, bias] : weight != null ? [weight] : bias != null ? [bias] : [];
 
+    /// <summary>Shapes of the affine, and its dtype: the activations' <see cref="AccumulationType"/> (float32 master
+    /// weights beside bfloat16 activations, as the statistics).</summary>
     private static void LayerNormRequireAffine(string op, Tensor x, Tensor? weight, Tensor? bias)
     {
         int dim = x.Shape[^1];
+        var affineType = AccumulationType(x.DType);
+        foreach (var p in LayerNormPresent(weight, bias))
+        {
+            Require(p.Backend == x.Backend, op, $"{p.Describe()} is on {p.Backend.Name} but the input {x.Describe()} is on {x.Backend.Name}.");
+            Require(p.DType == affineType, op, $"the affine {p.Describe()} must be {affineType.Name()} for input {x.Describe()}.");
+        }
         if (weight != null) Require(weight.Rank == 1 && weight.Shape[0] == dim, op, $"weight {weight.Describe()} must be [{dim}] for input {x.Describe()}.");
         if (bias != null) Require(bias.Rank == 1 && bias.Shape[0] == dim, op, $"bias {bias.Describe()} must be [{dim}] for input {x.Describe()}.");
     }
@@ -76,8 +86,8 @@ public static partial class Ops
     {
         int dim = x.Shape[^1], rows = (int)(x.Count / dim);
         var y = NewLike(x, x.Shape);
-        var mean = NewLike(x, rows);
-        var rstd = NewLike(x, rows);
+        var mean = NewStatistics(x, rows);
+        var rstd = NewStatistics(x, rows);
         var be = x.Backend;
         be.LayerNormForward(x.Buffer, weight?.Buffer, bias?.Buffer, shift?.Buffer, scale?.Buffer, y.Buffer, mean.Buffer, rstd.Buffer,
             rows, dim, rowsPerGroup, eps);

@@ -12,6 +12,17 @@ public static partial class Ops
     internal static Tensor NewLike(Tensor like, params int[] shape) => Tensor.Empty(like.Backend, like.DType, shape);
 
     /// <summary>
+    /// The dtype that statistics and sums of <paramref name="activation"/> values are kept in (mixed precision):
+    /// float32 for bfloat16/float16 activations (LayerNorm mean/rstd and affine, softmax log-sum-exp), else the
+    /// activation's own dtype.
+    /// </summary>
+    public static DType AccumulationType(DType activation) => activation is DType.BF16 or DType.F16 ? DType.F32 : activation;
+
+    /// <summary>Creates a statistics tensor for <paramref name="activation"/> in its <see cref="AccumulationType"/>.</summary>
+    internal static Tensor NewStatistics(Tensor activation, params int[] shape) =>
+        Tensor.Empty(activation.Backend, AccumulationType(activation.DType), shape);
+
+    /// <summary>
     /// Records <paramref name="output"/> as produced by <paramref name="op"/> from <paramref name="inputs"/> when a tape
     /// is recording and any input requires grad. The backward closure receives the output's gradient.
     /// </summary>

@@ -34,6 +34,7 @@ public sealed class SiT : Module
     public SiT(IBackend backend, DType dtype, SiTConfig config, ulong seed) : base(backend, dtype, seed)
     {
         Config = (config ?? throw new ArgumentNullException(nameof(config))).Validate();
+        computeDType = dtype;
         int d = config.HiddenSize, c = config.InChannels, p = config.PatchSize, g = config.GridSize, f = SiTConfig.FrequencyEmbeddingSize;
         var xavier = Init.XavierUniform;
         var zero = Init.Zeros;
@@ -92,6 +93,32 @@ public sealed class SiT : Module
     public SiTConfig Config { get; }
 
     /// <summary>
+    /// The dtype the network computes in (mixed precision, like torch.autocast): parameters stay in <see cref="Module.DType"/>
+    /// (float32 masters) and are cast to this dtype for every use, activations and GEMM inputs are in it, LayerNorm
+    /// statistics/affine and softmax statistics stay float32 (<see cref="Ops.AccumulationType"/>), and the outputs are
+    /// cast back to <see cref="Module.DType"/> so losses are computed in float32. Defaults to the parameters' dtype.
+    /// </summary>
+    public DType ComputeDType
+    {
+        get => computeDType;
+        set
+        {
+            if (!Backend.Supports(value) || !value.IsFloatingPoint())
+                throw new ArgumentException($"{Config.Name} cannot compute in {value.Name()} on the {Backend.Name} backend; use {DType.Name()}.");
+            computeDType = value;
+        }
+    }
+
+    private DType computeDType;
+
+    /// <summary>A parameter (or fixed buffer) as the network uses it: cast to <see cref="ComputeDType"/> (recorded, so
+    /// its gradient reaches the master in float32); the tensor itself when the dtypes agree.</summary>
+    private Tensor W(Tensor parameter) => Ops.Cast(parameter, computeDType);
+
+    /// <summary>A matmul layer in the compute dtype.</summary>
+    private Tensor Linear(Tensor x, Tensor weight, Tensor bias) => Ops.Linear(x, W(weight), W(bias));
+
+    /// <summary>
     /// The velocity prediction [N, C, H, W] for inputs x [N, C, H, W] (H = W = input_size), times t [N] (raw, in [0, 1];
     /// DiT's integer timesteps 0..999 as given) and labels y [N] int32 in 0..num_classes (num_classes is the null class; label dropout is the caller's job),
     /// plus one projection [N, T, z_j] per projector of the residual stream after block encoder_depth. With
@@ -106,10 +133,10 @@ public sealed class SiT : Module
         {
             if (i + 1 == cfg.EncoderDepth) projections = projectors.Select(pr => Project(pr, hi)).ToArray();
         });
-        var fm = Ops.Chunk(Ops.Linear(cAct, finalAdaW, finalAdaB), 2, 1); // shift, scale
-        var tokens = Ops.Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C_out]
+        var fm = Ops.Chunk(Linear(cAct, finalAdaW, finalAdaB), 2, 1); // shift, scale
+        var tokens = Linear(Ops.LayerNormModulate(h, fm[0], fm[1], 1e-6), finalW, finalB); // [N, T, p*p*C_out]
         var output = Ops.Unpatchify(tokens, cfg.OutChannels, cfg.PatchSize, cfg.GridSize, cfg.GridSize);
-        return (output, projections);
+        return (Ops.Cast(output, DType), projections.Select(z => Ops.Cast(z, DType)).ToArray());
     }
 
     /// <summary>
@@ -121,7 +148,7 @@ public sealed class SiT : Module
         int k = depth ?? Config.EncoderDepth;
         if (k < 1 || k > blocks.Length)
             throw new ArgumentOutOfRangeException(nameof(depth), k, $"{Config.Name}: the block must be in 1..{blocks.Length}.");
-        return Trunk(x, t, y, k, null).Hidden;
+        return Ops.Cast(Trunk(x, t, y, k, null).Hidden, DType);
     }
 
     /// <summary>Embeddings and the first <paramref name="count"/> blocks; <paramref name="afterBlock"/> sees each block's output.</summary>
@@ -129,23 +156,25 @@ public sealed class SiT : Module
     {
         var cfg = Config;
         Validate(x, t, y);
-        var h = Ops.Add(Ops.PatchEmbed(x, xW, xB), posEmbed); // [N, T, D] + [1, T, D]
-        var tEmb = Ops.Linear(Ops.Silu(Ops.Linear(Ops.TimestepEmbedding(t, SiTConfig.FrequencyEmbeddingSize), t0W, t0B)), t2W, t2B);
-        var c = Ops.Add(tEmb, Ops.Embedding(labelTable, y)); // [N, D]
+        var h = Ops.Add(Ops.PatchEmbed(Ops.Cast(x, computeDType), W(xW), W(xB)), W(posEmbed)); // [N, T, D] + [1, T, D]
+        var frequencies = Ops.Cast(Ops.TimestepEmbedding(t, SiTConfig.FrequencyEmbeddingSize), computeDType);
+        var tEmb = Linear(Ops.Silu(Linear(frequencies, t0W, t0B)), t2W, t2B);
+        // The gather runs on the float32 table (its scatter-add gradient stays float32); only the rows are cast.
+        var c = Ops.Add(tEmb, Ops.Cast(Ops.Embedding(labelTable, y), computeDType)); // [N, D]
         // Every adaLN_modulation starts with SiLU(c): the same value, computed once.
         var cAct = Ops.Silu(c);
         for (int i = 0; i < count; i++)
         {
             var blk = blocks[i];
-            var mod = Ops.Chunk(Ops.Linear(cAct, blk.AdaW, blk.AdaB), 6, 1);
+            var mod = Ops.Chunk(Linear(cAct, blk.AdaW, blk.AdaB), 6, 1);
             // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
             var a = Ops.LayerNormModulate(h, mod[0], mod[1], 1e-6);
-            var qkv = Ops.Linear(a, blk.QkvW, blk.QkvB);
+            var qkv = Linear(a, blk.QkvW, blk.QkvB);
             if (blk.QkNorm != null) qkv = NormalizeQk(qkv, blk.QkNorm);
-            var attn = Ops.Linear(Ops.Attention(qkv, cfg.NumHeads), blk.ProjW, blk.ProjB);
+            var attn = Linear(Ops.Attention(qkv, cfg.NumHeads), blk.ProjW, blk.ProjB);
             h = Ops.GatedResidual(h, mod[2], attn);
             var m = Ops.LayerNormModulate(h, mod[3], mod[4], 1e-6);
-            var mlp = Ops.Linear(Ops.Gelu(Ops.Linear(m, blk.Fc1W, blk.Fc1B)), blk.Fc2W, blk.Fc2B);
+            var mlp = Linear(Ops.Gelu(Linear(m, blk.Fc1W, blk.Fc1B)), blk.Fc2W, blk.Fc2B);
             h = Ops.GatedResidual(h, mod[5], mlp);
             afterBlock?.Invoke(i, h);
         }
@@ -163,8 +192,8 @@ public sealed class SiT : Module
     }
 
     /// <summary>Linear(D, W) -> SiLU -> Linear(W, W) -> SiLU -> Linear(W, z), per token: [N, T, D] -> [N, T, z].</summary>
-    private static Tensor Project(Projector p, Tensor h) =>
-        Ops.Linear(Ops.Silu(Ops.Linear(Ops.Silu(Ops.Linear(h, p.W0, p.B0)), p.W2, p.B2)), p.W4, p.B4);
+    private Tensor Project(Projector p, Tensor h) =>
+        Linear(Ops.Silu(Linear(Ops.Silu(Linear(h, p.W0, p.B0)), p.W2, p.B2)), p.W4, p.B4);
 
     private void Validate(Tensor x, Tensor t, Tensor y)
     {

@@ -49,6 +49,13 @@ public sealed record TrainOptions
 
     /// <summary>"sit" (REPA's SILoss; SiT presets) or "ddpm" (DiT's eps + learned-variance hybrid loss; DiT presets).</summary>
     public string ObjectiveKind { get; init; } = "sit";
+
+    /// <summary>
+    /// REPA's --mixed-precision: "no" (float32 throughout) or "bf16" (bfloat16 activations and GEMM inputs; float32
+    /// master weights, optimiser state, norm/softmax statistics and losses); null picks bf16 where the backend computes
+    /// in it (CUDA) and no elsewhere (the CPU). fp16 (which needs loss scaling) is not offered.
+    /// </summary>
+    public string? MixedPrecision { get; init; }
 }
 
 /// <summary>One step's figures, as printed and as written to metrics.jsonl.</summary>
@@ -108,13 +115,24 @@ public sealed class Trainer : IDisposable
         if (options.ObjectiveKind == "sit" && Config.LearnSigma)
             throw new ArgumentException($"{Config.Name} learns a variance (2C output channels); train it with --objective ddpm, or pick a SiT preset.");
         if (options.ObjectiveKind == "ddpm") ddpm = new DdpmObjective(options.Objective);
-        Model = new SiT(backend, DType.F32, Config, options.Seed);
+        Model = new SiT(backend, DType.F32, Config, options.Seed) { ComputeDType = ComputeType(options.MixedPrecision, backend) };
         optimizer = new AdamW(Model.NamedParameters(), options.LearningRate, maxGradNorm: options.MaxGradNorm);
         ema = new Ema(Model.NamedParameters(), options.EmaDecay);
     }
 
     public SiTConfig Config { get; }
     public SiT Model { get; }
+
+    /// <summary>The activations' dtype for a --mixed-precision value on <paramref name="backend"/> (null: bf16 where supported).</summary>
+    public static DType ComputeType(string? mixedPrecision, IBackend backend) => mixedPrecision switch
+    {
+        null => backend.Supports(DType.BF16) ? DType.BF16 : DType.F32,
+        "no" => DType.F32,
+        "bf16" when backend.Supports(DType.BF16) => DType.BF16,
+        "bf16" => throw new ArgumentException($"--mixed-precision bf16 needs a backend that computes in bfloat16 (cuda); the {backend.Name} backend computes in float32, so use --mixed-precision no."),
+        "fp16" => throw new ArgumentException("--mixed-precision fp16 needs loss scaling, which Repa does not implement; use bf16 (same range as float32) or no."),
+        _ => throw new ArgumentException($"--mixed-precision must be no or bf16, got '{mixedPrecision}'."),
+    };
 
     /// <summary>The last completed step (0 for a fresh run, the checkpoint's step after a resume).</summary>
     public int CompletedSteps { get; private set; }
@@ -291,6 +309,7 @@ public sealed class Trainer : IDisposable
             ["seed"] = options.Seed, ["max_train_steps"] = options.Steps, ["cfg_prob"] = options.Objective.ClassDropout,
             ["objective"] = options.ObjectiveKind, ["learn_sigma"] = Config.LearnSigma,
             ["data_dir"] = Path.GetFullPath(options.DataFolder), ["ema_decay"] = options.EmaDecay,
+            ["mixed_precision"] = Model.ComputeDType == DType.BF16 ? "bf16" : "no",
         };
         string json = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "config.json");
         File.WriteAllText(json + ".tmp", JsonSerializer.Serialize(config, new JsonSerializerOptions { WriteIndented = true }));

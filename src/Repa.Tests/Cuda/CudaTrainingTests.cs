@@ -32,13 +32,14 @@ public class CudaTrainingTests
         }
     }
 
-    private static List<StepMetrics> Train(IBackend backend, int steps)
+    /// <summary>Trains SiT-T/4 + REPA (fixed targets) for a few steps of batch 4 and returns the metrics.</summary>
+    internal static List<StepMetrics> Train(IBackend backend, int steps, string mixedPrecision)
     {
         var data = new IdxTrainingData(TrainerTests.Data(), 32);
         var options = new TrainOptions
         {
             Model = "SiT-T/4", Steps = steps, Batch = 4, LearningRate = 1e-3, Seed = 5,
-            Objective = new ObjectiveConfig(ProjCoeff: 0.5),
+            Objective = new ObjectiveConfig(ProjCoeff: 0.5), MixedPrecision = mixedPrecision,
         };
         using var trainer = new Trainer(backend, options, data, new FixedTargets(64, 24));
         using var tape = new Tape();
@@ -53,8 +54,8 @@ public class CudaTrainingTests
     {
         using var cuda = EmulatedCuda.Open();
         using var cpu = new CpuBackend(2);
-        var onCuda = Train(cuda, 3);
-        var onCpu = Train(cpu, 3);
+        var onCuda = Train(cuda, 3, "no");
+        var onCpu = Train(cpu, 3, "no");
         for (int i = 0; i < onCpu.Count; i++)
         {
             string at = $"step {i + 1}";

@@ -12,6 +12,10 @@ public class CatalogueCoverage
     // Ops that produce constants (no input to differentiate); their values are tested on their own.
     private static readonly string[] Constants = [nameof(Repa.Autograd.Ops.PosEmbed2D), nameof(Repa.Autograd.Ops.SinCos2D)];
 
+    // Ops whose rounding makes finite differences meaningless; their gradients are checked exactly elsewhere
+    // (Cast: MixedPrecisionTests, the gradient of a cast is the cast of the gradient).
+    private static readonly string[] CheckedApart = [nameof(Repa.Autograd.Ops.Cast)];
+
     [Test, Category("GradCheck")]
     public void EveryOpIsGradientChecked()
     {
@@ -22,7 +26,7 @@ public class CatalogueCoverage
             .Select(c => c.Op).ToHashSet();
         var ops = typeof(Repa.Autograd.Ops).GetMethods(BindingFlags.Public | BindingFlags.Static)
             .Where(m => m.ReturnType == typeof(Tensor) || m.ReturnType == typeof(Tensor[]))
-            .Select(m => m.Name).Distinct().Except(Constants).ToList();
+            .Select(m => m.Name).Distinct().Except(Constants).Except(CheckedApart).ToList();
         Assert.That(ops, Is.Not.Empty);
         var missing = ops.Where(o => !catalogued.Contains(o)).ToList();
         Assert.That(missing, Is.Empty, "ops without a gradient check: " + string.Join(", ", missing));
