@@ -20,8 +20,8 @@ internal static class EstimateCommand
         string table = estimate.Markdown();
         if (args.Length == 1) File.WriteAllText(args[0], table);
         else Console.Write(table);
-        foreach (var column in estimate.Columns)
-            Console.Error.WriteLine($"estimate ({column.Name}): {1e3 * estimate.StepSeconds(column):F1} ms per step, {100 * estimate.Mfu(column):F1}% MFU.");
+        foreach (var trace in estimate.Traces)
+            Console.Error.WriteLine($"estimate ({trace.Name}, --mixed-precision {trace.Setting}): {1e3 * estimate.StepSeconds(trace):F1} ms per step, {100 * estimate.Mfu(trace):F1}% MFU.");
         if (args.Length == 1) Console.Error.WriteLine($"estimate: wrote {args[0]}.");
         return 0;
     }

@@ -18,31 +18,19 @@ public enum ComputeUnit
     Host,
 }
 
-/// <summary>Elements of one buffer a call moves through DRAM (reads plus writes).</summary>
-public readonly record struct BufferTraffic(DeviceBuffer Buffer, long Elements);
-
 /// <summary>
 /// One call of an <see cref="IBackend"/> member as the CUDA backend would run it: the op family (the kernels/*.cu file,
-/// "gemm" for cuBLAS, "host" for transfers), the kind of call, a shape label, the kernel launches, the FLOPs and the
-/// DRAM traffic per buffer (so the bytes can be re-priced at another element size, see <see cref="BytesWith"/>).
+/// "gemm" for cuBLAS, "host" for transfers), the kind of call, a shape label, the launches, the FLOPs and the DRAM bytes
+/// (reads plus writes).
 /// </summary>
-public sealed record KernelCall(string Family, string Kind, string Shape, int Launches, double Flops, ComputeUnit Unit,
-    IReadOnlyList<BufferTraffic> Traffic)
+public sealed record KernelCall(string Family, string Kind, string Shape, int Launches, double Flops, long Bytes, ComputeUnit Unit)
 {
+    /// <summary>The GEMM operands' element type (bf16: tensor cores; fp32: CUDA cores); null for other calls.</summary>
+    public DType? InputType { get; init; }
+
     /// <summary>Times the call waits for the device to drain and reads a result back to the host (a download, the
     /// squared norm's double, the embedding's bad-id flag).</summary>
     public int Synchronizations { get; init; }
-
-    /// <summary>DRAM bytes at each buffer's own element size.</summary>
-    public long Bytes => BytesWith(b => b.DType.SizeInBytes());
-
-    /// <summary>DRAM bytes with the element size <paramref name="elementSize"/> gives each buffer.</summary>
-    public long BytesWith(Func<DeviceBuffer, int> elementSize)
-    {
-        long total = 0;
-        foreach (var t in Traffic) total += t.Elements * elementSize(t.Buffer);
-        return total;
-    }
 }
 
 /// <summary>
@@ -78,23 +66,14 @@ public sealed class CostBackend : IBackend
 
     public CostBackend() => Pool = new BufferPool(this);
 
-    /// <summary>A buffer of the counting backend: a dtype, a length and its allocation serial number; no memory.</summary>
-    public sealed class CostBuffer : DeviceBuffer
+    /// <summary>A buffer of the counting backend: a dtype and a length, no memory.</summary>
+    private sealed class CostBuffer(IBackend backend, DType dtype, long length) : DeviceBuffer(backend, dtype, length)
     {
-        internal CostBuffer(IBackend backend, DType dtype, long length, long serial, bool scratch) : base(backend, dtype, length)
-        {
-            Serial = serial;
-            IsScratch = scratch;
-        }
-
-        /// <summary>0 for the first buffer the backend allocated, then 1, 2, ...</summary>
-        public long Serial { get; }
-
-        /// <summary>A temporary the CUDA backend makes inside a call (always fp32 statistics or partial sums).</summary>
-        public bool IsScratch { get; }
-
         protected override void Release() { }
     }
+
+    /// <summary>Elements of one dtype a call moves through DRAM (reads plus writes).</summary>
+    private readonly record struct BufferTraffic(DType Type, long Elements);
 
     public string Name => "cost";
     public string Description => "cost: counts the CUDA backend's launches, FLOPs and DRAM bytes; computes nothing";
@@ -107,15 +86,16 @@ public sealed class CostBackend : IBackend
     /// <summary>Forgets the recorded calls (buffers stay valid).</summary>
     public void Clear() => calls.Clear();
 
-    public bool Supports(DType dtype) => true;
+    /// <summary>What the CUDA backend computes in (fp32, bf16, int32), so the trainer chooses what it would on a GPU.</summary>
+    public bool Supports(DType dtype) => dtype is DType.F32 or DType.BF16 or DType.I32;
 
+    /// <summary>A buffer of any dtype, as the CUDA backend allocates any (fp64/fp16 as storage).</summary>
     public DeviceBuffer Allocate(DType dtype, long length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
-        return new CostBuffer(this, dtype, length, allocations++, scratch: false);
+        allocations++;
+        return new CostBuffer(this, dtype, length);
     }
-
-    private CostBuffer Scratch(DType dtype, long length) => new(this, dtype, length, allocations++, scratch: true);
 
     public void Dispose() => Pool.Dispose();
 
@@ -129,17 +109,19 @@ public sealed class CostBackend : IBackend
     private void Record(string family, string kind, string shape, int launches, double flops, ComputeUnit unit,
         params ReadOnlySpan<BufferTraffic> traffic)
     {
-        var list = new List<BufferTraffic>(traffic.Length);
-        foreach (var t in traffic)
-            if (t.Elements > 0) list.Add(t);
-        calls.Add(new KernelCall(family, kind, shape, launches, flops, unit, list));
+        long bytes = 0;
+        foreach (var t in traffic) bytes += t.Elements * t.Type.SizeInBytes();
+        calls.Add(new KernelCall(family, kind, shape, launches, flops, bytes, unit));
     }
 
-    private static BufferTraffic T(DeviceBuffer buffer, long elements) => new(buffer, elements);
+    private static BufferTraffic T(DeviceBuffer buffer, long elements) => new(buffer.DType, elements);
 
-    /// <summary>Traffic of an optional buffer (none when null).</summary>
+    /// <summary>Traffic of an optional buffer (none when null or not <paramref name="present"/>).</summary>
     private static BufferTraffic T(DeviceBuffer? buffer, long elements, bool present) =>
-        buffer != null && present ? new(buffer, elements) : new(null!, 0);
+        buffer != null && present ? new(buffer.DType, elements) : default;
+
+    /// <summary>Traffic of a temporary the CUDA backend makes inside a call (statistics, partial sums).</summary>
+    private static BufferTraffic Scratch(DType dtype, long elements) => new(dtype, elements);
 
     /// <summary>Read and written: an accumulated output.</summary>
     private static long ReadWrite(long elements) => 2 * elements;
@@ -187,6 +169,7 @@ public sealed class CostBackend : IBackend
         Record("gemm", "Gemm", shape, 1, reads ? 2.0 * m * n * k * batch : 0, ComputeUnit.Gemm,
             T(a, reads ? (long)m * k * copiesA : 0), T(b, reads ? (long)k * n * copiesB : 0),
             T(c, (long)m * n * batch * (beta != 0 ? 2 : 1)));
+        calls[^1] = calls[^1] with { InputType = a.DType };
     }
 
     // ---- attention -----------------------------------------------------------------------------------------------
@@ -206,13 +189,12 @@ public sealed class CostBackend : IBackend
     {
         long rows = (long)batch * tokens, width = (long)heads * headDim, pairs = (long)batch * heads;
         if (rows * width == 0) return;
-        var delta = Scratch(DType.F32, pairs * tokens);
         // Query pass: q, k, v, O, dO, lse read, Di written, dQ accumulated. Key pass: q, k, v, dO, lse, Di read, dK and
         // dV accumulated. S and dP are computed in both passes: 14 N H T^2 hd against the minimal 10.
         Record("attention", "AttentionBackward", AttentionShape(batch, tokens, heads, headDim), 2,
             14.0 * pairs * tokens * tokens * headDim, ComputeUnit.CudaCores,
             T(qkv, 2 * rows * 3 * width), T(output, rows * width), T(dOutput, 2 * rows * width), T(logSumExp, 2 * pairs * tokens),
-            T(delta, 2 * pairs * tokens), T(dQkv, ReadWrite(rows * 3 * width)));
+            Scratch(DType.F32, 2 * pairs * tokens), T(dQkv, ReadWrite(rows * 3 * width)));
     }
 
     private static string AttentionShape(int batch, int tokens, int heads, int headDim) => $"N {batch}, T {tokens}, H {heads}, hd {headDim}";
@@ -317,17 +299,15 @@ public sealed class CostBackend : IBackend
         long chunkCount = Math.Clamp(8L * MultiprocessorCount / tiles, 1, Math.Max(rows, 1));
         int rowsPerChunk = dshift != null || dscale != null ? Math.Max(rowsPerGroup, 1) : (int)Math.Max(1, (rows + chunkCount - 1) / chunkCount);
         long chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
-        var partialWeight = dweight != null ? Scratch(DType.F32, chunks * dim) : null;
-        var partialBias = dbias != null ? Scratch(DType.F32, chunks * dim) : null;
+        int partials = (dweight != null ? 1 : 0) + (dbias != null ? 1 : 0);
         Record("norm", "LayerNormBackward params", "", 1, 8.0 * n, ComputeUnit.Memory,
             T(x, n), T(dy, n), T(weight, dim, true), T(bias, dim, dscale != null), T(scale, groupElements, true), T(mean, rows), T(rstd, rows),
-            T(partialWeight, chunks * dim, true), T(partialBias, chunks * dim, true),
-            T(dshift, ReadWrite(groupElements), true), T(dscale, ReadWrite(groupElements), true));
-        // Folding the partials (sum_columns_f32 with alpha = beta = 1), charged to the norm family that causes it.
-        foreach (var (partial, gradient) in new[] { (partialWeight, dweight), (partialBias, dbias) })
-            if (partial != null)
+            Scratch(DType.F32, partials * chunks * dim), T(dshift, ReadWrite(groupElements), true), T(dscale, ReadWrite(groupElements), true));
+        // Folding the fp32 partials (sum_columns_f32 with alpha = beta = 1), charged to the norm family that causes it.
+        foreach (var gradient in new[] { dweight, dbias })
+            if (gradient != null)
                 Record("norm", "LayerNormBackward fold", "", 1, chunks * dim, ComputeUnit.Memory,
-                    T(partial, chunks * dim), T(gradient!, ReadWrite(dim)));
+                    Scratch(DType.F32, chunks * dim), T(gradient, ReadWrite(dim)));
     }
 
     public void GatedResidualForward(DeviceBuffer x, DeviceBuffer y, DeviceBuffer gate, DeviceBuffer output, int rows, int dim, int rowsPerGroup)
@@ -465,8 +445,7 @@ public sealed class CostBackend : IBackend
     {
         if (n == 0) return 0;
         long blocks = Math.Min((n + 1023) / 1024, 1024);
-        var partial = Scratch(DType.F64, blocks + 1);
-        RecordSynchronizing("optim", "SumOfSquares", "", 2, 2.0 * n, ComputeUnit.Memory, T(x, n), T(partial, 2 * blocks + 1));
+        RecordSynchronizing("optim", "SumOfSquares", "", 2, 2.0 * n, ComputeUnit.Memory, T(x, n), Scratch(DType.F64, 2 * blocks + 1));
         return 0;
     }
 

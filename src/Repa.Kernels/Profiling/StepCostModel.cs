@@ -43,24 +43,25 @@ public sealed record StepCostModel
     /// launch latency is no longer hidden behind running work.</summary>
     public double SynchronizationCost { get; init; } = 10e-6;
 
-    /// <summary>The FLOP rate the call's unit runs at (GEMMs: tensor cores when <paramref name="tensorCoreGemms"/>).</summary>
-    public double ComputeRate(ComputeUnit unit, bool tensorCoreGemms) => unit switch
+    /// <summary>The FLOP rate a call runs at: GEMMs on tensor cores for 16-bit operands, on CUDA cores for fp32.</summary>
+    public double ComputeRate(KernelCall call) => call.Unit switch
     {
-        ComputeUnit.Gemm => tensorCoreGemms ? TensorPeak * GemmEfficiency : Fp32Peak * Fp32GemmEfficiency,
+        ComputeUnit.Gemm => call.InputType is DType.BF16 or DType.F16 ? TensorPeak * GemmEfficiency : Fp32Peak * Fp32GemmEfficiency,
         ComputeUnit.CudaCores => Fp32Peak * AttentionEfficiency,
         _ => Fp32Peak, // element-wise arithmetic: never the bound in practice
     };
 
     /// <summary>
-    /// Seconds for a call moving <paramref name="bytes"/>: max(bytes / bandwidth, FLOPs / rate, launches x floor) plus
-    /// its synchronisations; host transfers at <see cref="HostBandwidth"/>.
+    /// Seconds for a call: max(bytes / bandwidth, FLOPs / rate, launches x floor) plus its synchronisations; host
+    /// transfers at <see cref="HostBandwidth"/>.
     /// </summary>
-    public double Seconds(KernelCall call, long bytes, bool tensorCoreGemms)
+    public double Seconds(KernelCall call)
     {
+        long bytes = call.Bytes;
         double waits = call.Synchronizations * SynchronizationCost;
         if (call.Unit == ComputeUnit.Host) return bytes / HostBandwidth + waits;
         double memory = bytes / (MemoryBandwidth * MemoryEfficiency);
-        double compute = call.Flops / ComputeRate(call.Unit, tensorCoreGemms);
+        double compute = call.Flops / ComputeRate(call);
         return Math.Max(Math.Max(memory, compute), call.Launches * LaunchFloor) + waits;
     }
 }

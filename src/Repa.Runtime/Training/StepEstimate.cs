@@ -21,20 +21,21 @@ public sealed class StepEstimate
     /// <summary>The command that regenerates <see cref="TablePath"/>.</summary>
     public const string Command = "dotnet run --project src/Repa.Bench -c Release -- estimate " + TablePath;
 
-    /// <summary>A pricing of the trace: element sizes per buffer and whether GEMMs run on tensor cores.</summary>
-    public sealed record Column(string Name, string Description, Func<DeviceBuffer, int> ElementSize, bool TensorCoreGemms);
+    /// <summary>
+    /// One traced step: the calls of a steady-state step for a --mixed-precision setting, the activation dtype the trainer
+    /// chose for it and a name for the tables' columns.
+    /// </summary>
+    public sealed record Trace(string Name, string Setting, DType ActivationType, IReadOnlyList<KernelCall> Calls);
 
-    private StepEstimate(TrainOptions options, int channels, int zDim, IReadOnlyList<KernelCall> calls, double flopsPerImage,
-        long parameters, DType activations, IReadOnlyList<Column> columns, StepCostModel model)
+    private StepEstimate(TrainOptions options, int channels, int zDim, IReadOnlyList<Trace> traces, double flopsPerImage,
+        long parameters, StepCostModel model)
     {
         Options = options;
         Channels = channels;
         ZDim = zDim;
-        Calls = calls;
+        Traces = traces;
         FlopsPerImage = flopsPerImage;
         ParameterCount = parameters;
-        ActivationType = activations;
-        Columns = columns;
         Model = model;
     }
 
@@ -42,99 +43,85 @@ public sealed class StepEstimate
     public int Channels { get; }
     public int ZDim { get; }
 
-    /// <summary>The recorded calls of the measured (second) step.</summary>
-    public IReadOnlyList<KernelCall> Calls { get; }
+    /// <summary>
+    /// The traced steps: first the one the trainer runs by default on a CUDA device (--mixed-precision auto: bf16), then
+    /// fp32 (--mixed-precision no) when the default is not already fp32.
+    /// </summary>
+    public IReadOnlyList<Trace> Traces { get; }
+
+    /// <summary>The trace of what `train` runs by default on a GPU (<see cref="Traces"/>[0]).</summary>
+    public Trace Default => Traces[0];
 
     /// <summary><see cref="Trainer.FlopsPerImage"/> of the configuration (what `train` divides by for MFU).</summary>
     public double FlopsPerImage { get; }
 
     public long ParameterCount { get; }
 
-    /// <summary>The element type of the step's activations, as the Trainer allocated them.</summary>
-    public DType ActivationType { get; }
-
-    /// <summary>The pricings: the trace as recorded, plus a bf16-activation one when the trace is fp32.</summary>
-    public IReadOnlyList<Column> Columns { get; }
-
     public StepCostModel Model { get; }
 
     /// <summary>
-    /// Runs two steps of SiT-XL/2 + REPA (one projector of width 2048 onto z_dim 768 after block 8) at 256x256 px (32x32x4
-    /// SD-VAE latents, 1000 classes), batch 256, on a <see cref="CostBackend"/> and records the second (steady state:
-    /// gradients exist and are zeroed, as in every later step). Other options override the defaults.
+    /// Traces SiT-XL/2 + REPA (one projector of width 2048 onto z_dim 768 after block 8) at 256x256 px (32x32x4 SD-VAE
+    /// latents, 1000 classes), batch 256, on a <see cref="CostBackend"/>: two steps each, recording the second (steady
+    /// state: gradients exist and are zeroed, as in every later step); once with the trainer's own precision choice
+    /// and once with --mixed-precision no. <paramref name="options"/> overrides the configuration.
     /// </summary>
     public static StepEstimate Run(TrainOptions? options = null, int channels = 4, int numClasses = 1000, int zDim = 768,
         StepCostModel? model = null)
     {
         options ??= new TrainOptions { Model = "SiT-XL/2", Batch = 256, ImageSize = 32, EncoderDepth = 8, Steps = 2 };
+        var traces = new List<Trace>();
+        var (first, flops, parameters) = TraceStep(options, channels, numClasses, zDim);
+        traces.Add(first);
+        if (first.ActivationType != DType.F32)
+            traces.Add(TraceStep(options with { MixedPrecision = "no" }, channels, numClasses, zDim).Trace);
+        return new StepEstimate(options, channels, zDim, traces, flops, parameters, model ?? new StepCostModel());
+    }
+
+    private static (Trace Trace, double FlopsPerImage, long Parameters) TraceStep(TrainOptions options, int channels, int numClasses, int zDim)
+    {
         using var backend = new CostBackend();
         var data = new ShapeOnlyData(channels, options.ImageSize, numClasses);
-        int tokens = SiTTokens(options);
-        var targets = new ZeroTargets(tokens, zDim);
-        using var trainer = new Trainer(backend, options, data, options.Objective.ProjCoeff > 0 ? targets : null);
-        long stepStart = backend.AllocationCount; // parameters, moments and EMA exist from here on
+        int tokens = (Models.SiTConfig.Preset(options.Model) with { InputSize = options.ImageSize }).Tokens;
+        var targets = options.Objective.ProjCoeff > 0 ? new ZeroTargets(tokens, zDim) : null;
+        using var trainer = new Trainer(backend, options, data, targets);
         using var tape = new Tape();
         trainer.Step(1, tape);
         backend.Clear();
         trainer.Step(2, tape);
-        var calls = backend.Calls.ToList();
-        var gradients = trainer.Model.Parameters().Where(p => p.Grad != null).Select(p => p.Grad!.Buffer).ToHashSet();
         tape.Reset();
-
-        // Activations: buffers the step itself rents (not gradients of parameters, not the backends' fp32 scratch).
-        bool IsActivation(DeviceBuffer b) => b is CostBackend.CostBuffer c && c.Serial >= stepStart && !c.IsScratch && !gradients.Contains(b);
-        var activationType = calls.Where(c => c.Unit != ComputeUnit.Host).SelectMany(c => c.Traffic)
-            .Where(t => IsActivation(t.Buffer) && t.Buffer.DType.IsFloatingPoint())
-            .GroupBy(t => t.Buffer.DType).OrderByDescending(g => g.Sum(t => t.Elements)).First().Key;
-        var columns = new List<Column>
-        {
-            new(activationType == DType.F32 ? "fp32" : activationType.Name(),
-                $"the trace as the code runs today ({activationType.Name()} activations" +
-                (activationType == DType.F32 ? "; GEMMs are cuBLAS fp32 with CUBLAS_COMPUTE_32F, i.e. CUDA cores, no TF32)" : ")"),
-                b => b.DType.SizeInBytes(), activationType == DType.BF16),
-        };
-        if (activationType == DType.F32)
-            columns.Add(new Column("bf16",
-                "the same calls with every fp32 activation buffer's element size halved (parameters, their gradients, AdamW " +
-                "moments, EMA and the kernels' fp32 scratch stay fp32) and GEMMs on bf16 tensor cores: mixed precision, not merged yet",
-                b => IsActivation(b) && b.DType == DType.F32 ? 2 : b.DType.SizeInBytes(), true));
-        return new StepEstimate(options, channels, zDim, calls, trainer.FlopsPerImage, trainer.Model.ParameterCount, activationType,
-            columns, model ?? new StepCostModel());
+        var type = trainer.Model.ComputeDType;
+        string setting = options.MixedPrecision ?? "auto";
+        var trace = new Trace(type == DType.F32 ? "fp32" : type == DType.BF16 ? "bf16" : type.Name(), setting, type, backend.Calls.ToList());
+        return (trace, trainer.FlopsPerImage, trainer.Model.ParameterCount);
     }
 
-    private static int SiTTokens(TrainOptions options)
-    {
-        var config = Models.SiTConfig.Preset(options.Model) with { InputSize = options.ImageSize };
-        return config.Tokens;
-    }
-
-    /// <summary>Seconds of the whole step in a column.</summary>
-    public double StepSeconds(Column column) => Calls.Sum(c => Seconds(c, column));
-
-    /// <summary>Seconds of one call in a column.</summary>
-    public double Seconds(KernelCall call, Column column) => Model.Seconds(call, call.BytesWith(column.ElementSize), column.TensorCoreGemms);
+    /// <summary>Seconds of a trace's whole step.</summary>
+    public double StepSeconds(Trace trace) => trace.Calls.Sum(Model.Seconds);
 
     /// <summary>Model FLOP utilisation: FlopsPerImage x batch / (step time x <see cref="StepCostModel.TensorPeak"/>).</summary>
-    public double Mfu(Column column) => FlopsPerImage * Options.Batch / (StepSeconds(column) * Model.TensorPeak);
+    public double Mfu(Trace trace) => FlopsPerImage * Options.Batch / (StepSeconds(trace) * Model.TensorPeak);
 
-    /// <summary>FLOPs of the recorded GEMM calls.</summary>
-    public double GemmFlops => Calls.Where(c => c.Unit == ComputeUnit.Gemm).Sum(c => c.Flops);
+    /// <summary>FLOPs of a trace's GEMM calls.</summary>
+    public static double GemmFlops(Trace trace) => trace.Calls.Where(c => c.Unit == ComputeUnit.Gemm).Sum(c => c.Flops);
 
-    /// <summary>FLOPs of the recorded attention calls (as executed: the backward recomputes).</summary>
-    public double AttentionFlops => Calls.Where(c => c.Family == "attention").Sum(c => c.Flops);
+    /// <summary>FLOPs of a trace's attention calls (as executed: the backward recomputes).</summary>
+    public static double AttentionFlops(Trace trace) => trace.Calls.Where(c => c.Family == "attention").Sum(c => c.Flops);
 
     /// <summary>docs/notes/cuda-estimate.md.</summary>
     public string Markdown()
     {
         var inv = CultureInfo.InvariantCulture;
         var m = Model;
+        var main = Default;
         var sb = new StringBuilder();
         void Line(string s = "") => sb.Append(s).Append('\n');
         string F(double v, int digits) => v.ToString("F" + digits, inv);
-        string Gb(long bytes) => F(bytes / 1e9, 2);
+        string N(double v) => v.ToString("N0", inv);
         double batch = Options.Batch;
         double modelFlops = FlopsPerImage * batch;
-        var device = Calls.Where(c => c.Unit != ComputeUnit.Host).ToList();
+        double step = StepSeconds(main);
+        var config = Models.SiTConfig.Preset(Options.Model);
+        IEnumerable<KernelCall> OnDevice(Trace t) => t.Calls.Where(c => c.Unit != ComputeUnit.Host);
 
         Line($"# Training-step estimate: {Options.Model} + REPA, batch {Options.Batch}, on an {m.Device} (on paper)");
         Line();
@@ -148,19 +135,20 @@ public sealed class StepEstimate
         Line("(`CostEstimateTests` fails when this file is stale). No GPU has measured any of it.");
         Line();
         Line("## Setup");
-        var config = Models.SiTConfig.Preset(Options.Model);
         Line($"- {Options.Model}: depth {config.Depth}, hidden {config.HiddenSize}, {config.NumHeads} heads; {Options.ImageSize}x{Options.ImageSize}x{Channels} latents " +
-             $"(256x256 images through the SD-VAE), {SiTTokens(Options)} tokens; {ParameterCount.ToString("N0", inv)} parameters.");
+             $"(256x256 images through the SD-VAE), {(config with { InputSize = Options.ImageSize }).Tokens} tokens; {N(ParameterCount)} parameters.");
         Line($"- REPA: one projector (width {config.ProjectorDim}) onto z_dim {ZDim} after block {Options.EncoderDepth}, cosine loss, proj_coeff {F(Options.Objective.ProjCoeff, 1)}; " +
              $"linear path, batch {Options.Batch}, AdamW with the global norm clip, EMA. Encoder targets are uploaded as fp32 (the encoder itself is not part of the step).");
-        Line($"- Activation dtype the Trainer uses: **{ActivationType.Name()}**.");
+        Line($"- Activation dtype the Trainer uses (`train --mixed-precision {main.Setting}`, the default, on a CUDA device): **{main.ActivationType.Name()}**.");
         Line($"- Model FLOPs (`Trainer.FlopsPerImage`, what `train` divides by): {F(FlopsPerImage / 1e9, 1)} GFLOP per image, {F(modelFlops / 1e12, 1)} TFLOP per step.");
-        Line($"- Recorded: {F(GemmFlops / 1e12, 1)} TFLOP in GEMMs, {F(AttentionFlops / 1e12, 1)} TFLOP in attention as executed " +
-             $"(the backward recomputes S and dP in both passes: 18 N H T^2 hd in all, against the 12 of `FlopsPerImage`), " +
-             $"{device.Sum(c => c.Launches).ToString("N0", inv)} kernel launches.");
+        Line($"- Recorded: {F(GemmFlops(main) / 1e12, 1)} TFLOP in GEMMs, {F(AttentionFlops(main) / 1e12, 1)} TFLOP in attention as executed " +
+             "(the backward recomputes S and dP in both passes: 18 N H T^2 hd in all, against the 12 of `FlopsPerImage`).");
         Line();
         Line("Columns:");
-        foreach (var col in Columns) Line($"- **{col.Name}**: {col.Description}.");
+        foreach (var t in Traces)
+            Line($"- **{t.Name}**: `--mixed-precision {t.Setting}`, {t.ActivationType.Name()} activations" +
+                 (t.ActivationType == DType.F32 ? "; GEMMs are cuBLAS fp32 with CUBLAS_COMPUTE_32F, i.e. CUDA cores, no TF32."
+                     : $"; GEMMs on {t.ActivationType.Name()} tensor cores; fp32 master weights cast on use, fp32 statistics and losses."));
         Line();
         Line("## Cost model (stated assumptions)");
         Line($"- Per call: max(bytes / ({F(m.MemoryBandwidth / 1e12, 1)} TB/s x {F(m.MemoryEfficiency, 2)}), FLOPs / rate, launches x {F(m.LaunchFloor * 1e6, 0)} µs) " +
@@ -173,97 +161,110 @@ public sealed class StepEstimate
         Line("- Bytes are DRAM traffic: each element a kernel reads or writes once at its buffer's element size, accumulated gradients read " +
              "and written, re-reads inside a kernel (LayerNorm's passes over a row, attention's K/V tiles, broadcast operands) from cache.");
         Line($"- Host transfers (batch, noise, labels, times and encoder targets up; the losses down) at {F(m.HostBandwidth / 1e9, 0)} GB/s, not overlapped.");
-        Line($"- MFU = model FLOPs / (step time x {F(m.TensorPeak / 1e12, 0)} TFLOP/s), the dense bf16 rate measured on an H100.");
+        Line($"- MFU = model FLOPs / (step time x {F(m.TensorPeak / 1e12, 0)} TFLOP/s), the dense bf16 rate measured on an H100, for every column.");
         Line();
 
         Line("## Headline");
-        Line("| | " + string.Join(" | ", Columns.Select(c => c.Name)) + " |");
-        Line("| --- |" + string.Concat(Columns.Select(_ => " ---: |")));
-        Line("| step time (ms) | " + string.Join(" | ", Columns.Select(c => F(1e3 * StepSeconds(c), 1))) + " |");
-        Line("| images/s | " + string.Join(" | ", Columns.Select(c => F(batch / StepSeconds(c), 0))) + " |");
-        Line("| MFU | " + string.Join(" | ", Columns.Select(c => F(100 * Mfu(c), 1) + "%")) + " |");
-        Line($"| launches | {device.Sum(c => c.Launches).ToString("N0", inv)}" + string.Concat(Columns.Skip(1).Select(_ => " | same")) + " |");
-        Line($"| synchronisations | {Calls.Sum(c => c.Synchronizations).ToString("N0", inv)}" + string.Concat(Columns.Skip(1).Select(_ => " | same")) + " |");
-        Line("| device DRAM traffic (GB) | " + string.Join(" | ", Columns.Select(c => Gb(device.Sum(k => k.BytesWith(c.ElementSize))))) + " |");
+        Line("| | " + string.Join(" | ", Traces.Select(t => t.Name)) + " |");
+        Line("| --- |" + string.Concat(Traces.Select(_ => " ---: |")));
+        Line("| step time (ms) | " + string.Join(" | ", Traces.Select(t => F(1e3 * StepSeconds(t), 1))) + " |");
+        Line("| images/s | " + string.Join(" | ", Traces.Select(t => F(batch / StepSeconds(t), 0))) + " |");
+        Line("| MFU | " + string.Join(" | ", Traces.Select(t => F(100 * Mfu(t), 1) + "%")) + " |");
+        Line("| launches | " + string.Join(" | ", Traces.Select(t => N(OnDevice(t).Sum(c => c.Launches)))) + " |");
+        Line("| synchronisations | " + string.Join(" | ", Traces.Select(t => N(t.Calls.Sum(c => c.Synchronizations)))) + " |");
+        Line("| device DRAM traffic (GB) | " + string.Join(" | ", Traces.Select(t => F(OnDevice(t).Sum(c => c.Bytes) / 1e9, 1))) + " |");
         Line();
 
         Line("## Per op family");
-        TableHeader(sb, "family", "launches");
-        foreach (var g in Calls.GroupBy(c => c.Family).OrderByDescending(g => g.Sum(c => Seconds(c, Columns[^1]))))
-            Row(sb, [g.Key], g.ToList());
-        Row(sb, ["**total**"], Calls.ToList());
-        Line();
-
+        Table("family", c => [c.Family], withCalls: false);
         Line("## Per kind of call");
-        TableHeader(sb, "family | kind", "calls | launches");
-        foreach (var g in Calls.GroupBy(c => (c.Family, c.Kind)).OrderByDescending(g => g.Sum(c => Seconds(c, Columns[^1]))).ThenBy(g => g.Key.Family, StringComparer.Ordinal).ThenBy(g => g.Key.Kind, StringComparer.Ordinal))
-            Row(sb, [g.Key.Family, g.Key.Kind], g.ToList(), calls: true);
-        Line();
-
+        Table("family | kind", c => [c.Family, c.Kind], withCalls: true);
         Line("## GEMM shapes (row-major C[m, n] = op(A) op(B), k the inner size)");
-        TableHeader(sb, "shape", "calls | launches");
-        foreach (var g in Calls.Where(c => c.Unit == ComputeUnit.Gemm).GroupBy(c => c.Shape).OrderByDescending(g => g.Sum(c => Seconds(c, Columns[^1]))).ThenBy(g => g.Key, StringComparer.Ordinal))
-            Row(sb, [g.Key], g.ToList(), calls: true);
-        Line();
+        Table("shape", c => c.Unit == ComputeUnit.Gemm ? [c.Shape] : null, withCalls: true);
 
         Line("## What dominates, and what 50% MFU needs");
-        var last = Columns[^1];
-        double step = StepSeconds(last);
-        var families = Calls.GroupBy(c => c.Family).Select(g => (g.Key, Seconds: g.Sum(c => Seconds(c, last)))).OrderByDescending(f => f.Seconds).ToList();
-        Line($"In the **{last.Name}** column the step takes {F(1e3 * step, 1)} ms ({F(100 * Mfu(last), 1)}% MFU); the three largest costs:");
+        var families = main.Calls.GroupBy(c => c.Family).Select(g => (g.Key, Seconds: g.Sum(m.Seconds))).OrderByDescending(f => f.Seconds).ToList();
+        Line($"In the **{main.Name}** column the step takes {F(1e3 * step, 1)} ms ({F(100 * Mfu(main), 1)}% MFU); the three largest costs:");
         foreach (var (family, seconds) in families.Take(3))
             Line($"- {family}: {F(1e3 * seconds, 1)} ms ({F(100 * seconds / step, 0)}%)");
         double target = modelFlops / (0.5 * m.TensorPeak);
-        double gemm = Calls.Where(c => c.Unit == ComputeUnit.Gemm).Sum(c => Seconds(c, last));
-        double attention = Calls.Where(c => c.Family == "attention").Sum(c => Seconds(c, last));
+        double gemm = main.Calls.Where(c => c.Unit == ComputeUnit.Gemm).Sum(m.Seconds);
+        double attention = main.Calls.Where(c => c.Family == "attention").Sum(m.Seconds);
         double rest = step - gemm - attention;
         Line();
-        Line($"50% MFU means a step of at most {F(1e3 * target, 1)} ms. The GEMMs alone take {F(1e3 * gemm, 1)} ms at " +
-             $"{F(m.TensorPeak * m.GemmEfficiency / 1e12, 0)} TFLOP/s, leaving {F(1e3 * (target - gemm), 1)} ms for everything else, which today costs " +
-             $"{F(1e3 * (step - gemm), 1)} ms (attention {F(1e3 * attention, 1)} ms, the rest {F(1e3 * rest, 1)} ms). What it would take:");
-        double tensorAttention = AttentionFlops / (0.5 * m.TensorPeak);
-        double minimalAttention = AttentionFlops * (4.0 + 10.0) / (4.0 + 14.0) / (0.5 * m.TensorPeak);
-        double withTc = step - attention + tensorAttention;
+        Line($"50% MFU means a step of at most {F(1e3 * target, 1)} ms. The GEMMs alone take {F(1e3 * gemm, 1)} ms, leaving {F(1e3 * (target - gemm), 1)} ms " +
+             $"for everything else, which costs {F(1e3 * (step - gemm), 1)} ms here (attention {F(1e3 * attention, 1)} ms, the rest {F(1e3 * rest, 1)} ms). What it would take:");
+        double tensorAttention = AttentionFlops(main) / (0.5 * m.TensorPeak);
+        double minimalAttention = AttentionFlops(main) * (4.0 + 10.0) / (4.0 + 14.0) / (0.5 * m.TensorPeak);
+        double withTensorCores = step - attention + tensorAttention;
         Line($"- Tensor-core flash attention (bf16 `mma.sync`/`wgmma`) at 50% of {F(m.TensorPeak / 1e12, 0)} TFLOP/s: {F(1e3 * tensorAttention, 1)} ms instead of " +
-             $"{F(1e3 * attention, 1)} ms (with the minimal 10 N H T^2 hd backward {F(1e3 * minimalAttention, 1)} ms): step {F(1e3 * withTc, 1)} ms, " +
-             $"{F(100 * modelFlops / (withTc * m.TensorPeak), 1)}% MFU. This is the one change that matters most.");
+             $"{F(1e3 * attention, 1)} ms ({F(1e3 * minimalAttention, 1)} ms with the minimal 10 N H T^2 hd backward): step {F(1e3 * withTensorCores, 1)} ms, " +
+             $"{F(100 * modelFlops / (withTensorCores * m.TensorPeak), 1)}% MFU. This is the one change that matters most.");
         double restBudget = target - gemm - tensorAttention;
+        var optimLaunches = main.Calls.Where(c => c.Family == "optim").Sum(c => c.Launches);
         Line($"- Then the bandwidth-bound rest ({F(1e3 * rest, 1)} ms) must fit in {F(1e3 * restBudget, 1)} ms" +
-             (restBudget < rest ? $": about {F(rest / Math.Max(restBudget, 1e-9), 1)}x less traffic and launches, e.g. the bias add and GELU fused into the GEMM epilogue " +
-                                  "(cuBLASLt), LayerNorm fused with the following GEMM's input, AdamW/EMA/norm over one parameter arena (3 launches instead of ~" +
-                                  $"{Calls.Where(c => c.Family == "optim").Sum(c => c.Launches)}), gradients written rather than zero-filled and then accumulated into (the Fill rows), a CUDA graph for the launch floor, and the host uploads overlapped with compute."
-                                : ": it already does."));
+             (restBudget < rest
+                 ? $": {F(rest / Math.Max(restBudget, 1e-9), 1)}x less traffic and launches. Candidates, largest first in the tables above: gradients written " +
+                   "instead of zero-filled and then accumulated into (the `Fill` rows), the bias add and GELU fused into the GEMM epilogue (cuBLASLt) and the " +
+                   "bias gradient into the weight-gradient GEMM (the `Add (rows)` and `Sum (columns)` rows), the casts of the master weights done once per step " +
+                   $"by AdamW (the `Convert` rows), AdamW/EMA/the squared norm over one parameter arena (3 launches and 1 read-back instead of {N(optimLaunches)} " +
+                   "launches and one read-back per tensor), a CUDA graph for the launch floor, and the host uploads overlapped with compute."
+                 : ": it already does."));
         Line($"- GEMMs at {F(100 * m.GemmEfficiency, 0)}% of {F(m.TensorPeak / 1e12, 0)} TFLOP/s cap MFU at {F(100 * modelFlops / (gemm * m.TensorPeak), 0)}% even with everything else free.");
         Line();
         Line("## Limits of this estimate");
         Line("- Nothing here is measured. The efficiencies above are guesses to be replaced by timings on a GPU.");
         Line("- One GEMM efficiency for every shape (the small adaLN GEMMs, M = batch, come out bandwidth-bound by the roofline anyway); " +
-             "no L2 reuse between kernels (the activations, ~300 MB each in fp32, exceed the 50 MB L2); no overlap of transfers and compute.");
-        if (Columns.Count > 1)
-            Line("- The bf16 column is a re-pricing, not a trace of mixed-precision code: GEMMs read the fp32 master weights (a real bf16 path " +
-                 $"reads a bf16 copy and pays a cast per step: {F(ParameterCount * 6 / 1e9, 1)} GB, " +
-                 $"{F(1e3 * ParameterCount * 6 / (m.MemoryBandwidth * m.MemoryEfficiency), 1)} ms), and the few small fp32 statistics the kernels keep " +
-                 "(LayerNorm mean/rstd, the attention lse, per-sample losses) are halved with the activations (well under a millisecond).");
+             "no L2 reuse between kernels (the activations, 75.5 M elements each, exceed the 50 MB L2); no overlap of transfers and compute.");
         Line("- Host work is not counted: the batch, noise and time draws (Philox on the CPU), the data loading, the C# side of each launch " +
              "(assumed hidden behind running kernels except at synchronisations), and the REPA encoder (its targets are cached, as `EncoderTargets` does).");
         return sb.ToString();
 
-        void TableHeader(StringBuilder s, string keys, string counts)
+        // One row per key (null: not in this table), columns per trace; sorted by the default trace's time.
+        void Table(string keys, Func<KernelCall, string[]?> key, bool withCalls)
         {
-            s.Append($"| {keys} | {counts} | GFLOP | ").Append(string.Join(" | ", Columns.Select(c => $"GB {c.Name}"))).Append(" | ")
-                .Append(string.Join(" | ", Columns.Select(c => $"ms {c.Name}"))).Append($" | % of {Columns[^1].Name} step |\n");
-            int cells = keys.Split('|').Length + counts.Split('|').Length + 1 + 2 * Columns.Count + 1;
-            s.Append('|').Append(string.Concat(Enumerable.Range(0, cells).Select(i => i < keys.Split('|').Length ? " --- |" : " ---: |"))).Append('\n');
-        }
-
-        void Row(StringBuilder s, string[] keys, List<KernelCall> group, bool calls = false)
-        {
-            s.Append("| ").Append(string.Join(" | ", keys)).Append(" | ");
-            if (calls) s.Append(group.Count.ToString(inv)).Append(" | ");
-            s.Append(group.Sum(c => c.Launches).ToString(inv)).Append(" | ").Append(F(group.Sum(c => c.Flops) / 1e9, 1)).Append(" | ");
-            s.Append(string.Join(" | ", Columns.Select(c => Gb(group.Sum(k => k.BytesWith(c.ElementSize)))))).Append(" | ");
-            s.Append(string.Join(" | ", Columns.Select(c => F(1e3 * group.Sum(k => Seconds(k, c)), 2)))).Append(" | ");
-            s.Append(F(100 * group.Sum(k => Seconds(k, Columns[^1])) / StepSeconds(Columns[^1]), 1)).Append(" |\n");
+            var rows = new Dictionary<string, (string[] Key, List<KernelCall>[] PerTrace)>(StringComparer.Ordinal);
+            for (int i = 0; i < Traces.Count; i++)
+                foreach (var call in Traces[i].Calls)
+                {
+                    if (key(call) is not { } k) continue;
+                    string id = string.Join("\u0001", k);
+                    if (!rows.TryGetValue(id, out var row))
+                        rows[id] = row = (k, Enumerable.Range(0, Traces.Count).Select(_ => new List<KernelCall>()).ToArray());
+                    row.PerTrace[i].Add(call);
+                }
+            var header = new List<string>(keys.Split(" | "));
+            if (withCalls) header.AddRange(Traces.Select(t => $"calls {t.Name}"));
+            header.AddRange(Traces.Select(t => $"launches {t.Name}"));
+            header.Add("GFLOP");
+            header.AddRange(Traces.Select(t => $"GB {t.Name}"));
+            header.AddRange(Traces.Select(t => $"ms {t.Name}"));
+            header.Add($"% of {main.Name} step");
+            int keyColumns = keys.Split(" | ").Length;
+            Line("| " + string.Join(" | ", header) + " |");
+            Line("|" + string.Concat(header.Select((_, i) => i < keyColumns ? " --- |" : " ---: |")));
+            var ordered = rows.Values
+                .OrderByDescending(r => r.PerTrace[0].Sum(m.Seconds))
+                .ThenByDescending(r => r.PerTrace.Sum(list => list.Sum(m.Seconds)))
+                .ThenBy(r => string.Join(" ", r.Key), StringComparer.Ordinal);
+            void Row(string[] k, List<KernelCall>[] perTrace)
+            {
+                var cells = new List<string>(k);
+                if (withCalls) cells.AddRange(perTrace.Select(list => N(list.Count)));
+                cells.AddRange(perTrace.Select(list => N(list.Sum(c => c.Launches))));
+                cells.Add(F(perTrace[0].Sum(c => c.Flops) / 1e9, 1));
+                cells.AddRange(perTrace.Select(list => F(list.Sum(c => c.Bytes) / 1e9, 2)));
+                cells.AddRange(perTrace.Select(list => F(1e3 * list.Sum(m.Seconds), 2)));
+                cells.Add(F(100 * perTrace[0].Sum(m.Seconds) / step, 1));
+                Line("| " + string.Join(" | ", cells) + " |");
+            }
+            foreach (var (k, perTrace) in ordered) Row(k, perTrace);
+            if (!withCalls)
+            {
+                var all = Enumerable.Range(0, Traces.Count).Select(i => Traces[i].Calls.Where(c => key(c) != null).ToList()).ToArray();
+                Row(["**total**"], all);
+            }
+            Line();
         }
     }
 

@@ -116,7 +116,8 @@ public sealed class CostEstimateTests
     /// The GEMM FLOPs of the traced step are Trainer.FlopsPerImage x batch less exactly two things: attention, which
     /// the formula counts (3 x 4 T^2 D per block) but which runs in its own kernel, and the input gradients of the
     /// patch embedding and of the timestep MLP's first layer, which the formula's "3 x forward" includes but autograd
-    /// skips (their inputs need no gradient). So the GEMMs are ~96.5% of the model FLOPs for SiT-XL/2 at 256 tokens.
+    /// skips (their inputs need no gradient). So the GEMMs are ~96.5% of the model FLOPs for SiT-XL/2 at 256 tokens,
+    /// in either precision.
     /// </summary>
     [Test]
     public void StepGemmFlopsMatchTheTrainersFormula()
@@ -127,12 +128,32 @@ public sealed class CostEstimateTests
         double attention = 3 * config.Depth * 4 * t * t * d;
         double skippedInputGradients = 2 * t * d * (config.PatchSize * config.PatchSize * e.Channels) + 2 * SiTConfig.FrequencyEmbeddingSize * d;
         double expected = (e.FlopsPerImage - attention - skippedInputGradients) * batch;
-        Assert.That(e.GemmFlops, Is.EqualTo(expected).Within(1e-12).Percent);
-        Assert.That(e.GemmFlops / (e.FlopsPerImage * batch), Is.InRange(0.96, 0.97));
-        // Attention as executed: 4 forward + 14 backward against the formula's 12 (3 x 4) per T^2 D.
-        Assert.That(e.AttentionFlops, Is.EqualTo(attention * batch * 18 / 12).Within(1e-12).Percent);
-        Assert.That(e.ActivationType, Is.EqualTo(DType.F32).Or.EqualTo(DType.BF16));
-        Assert.That(e.Calls.Count(c => c.Kind == "AdamWStep"), Is.EqualTo(e.Calls.Count(c => c.Kind == "EmaUpdate")), "one AdamW and one EMA update per parameter");
+        Assert.That(e.Traces, Has.Count.EqualTo(2));
+        foreach (var trace in e.Traces)
+        {
+            Assert.That(StepEstimate.GemmFlops(trace), Is.EqualTo(expected).Within(1e-12).Percent, trace.Name);
+            Assert.That(StepEstimate.GemmFlops(trace) / (e.FlopsPerImage * batch), Is.InRange(0.96, 0.97), trace.Name);
+            // Attention as executed: 4 forward + 14 backward against the formula's 12 (3 x 4) per T^2 D.
+            Assert.That(StepEstimate.AttentionFlops(trace), Is.EqualTo(attention * batch * 18 / 12).Within(1e-12).Percent, trace.Name);
+            Assert.That(trace.Calls.Count(c => c.Kind == "AdamWStep"), Is.EqualTo(trace.Calls.Count(c => c.Kind == "EmaUpdate")),
+                "one AdamW and one EMA update per parameter");
+        }
+    }
+
+    /// <summary>The trainer's default on a device that computes in bf16 (as CUDA does) is bf16 mixed precision: every
+    /// GEMM takes bf16 operands, the weights are cast on use, and the step moves much less than the fp32 one.</summary>
+    [Test]
+    public void TheDefaultTraceIsBf16MixedPrecisionOnTensorCores()
+    {
+        var (bf16, fp32) = (Estimate.Default, Estimate.Traces[1]);
+        Assert.That((bf16.ActivationType, bf16.Setting, fp32.ActivationType, fp32.Setting), Is.EqualTo((DType.BF16, "auto", DType.F32, "no")));
+        Assert.That(bf16.Calls.Where(c => c.Unit == ComputeUnit.Gemm).Select(c => c.InputType).Distinct(), Is.EqualTo(new DType?[] { DType.BF16 }));
+        Assert.That(fp32.Calls.Where(c => c.Unit == ComputeUnit.Gemm).Select(c => c.InputType).Distinct(), Is.EqualTo(new DType?[] { DType.F32 }));
+        Assert.That(bf16.Calls.Count(c => c.Kind == "Convert"), Is.GreaterThan(fp32.Calls.Count(c => c.Kind == "Convert")));
+        long bytes16 = bf16.Calls.Sum(c => c.Bytes), bytes32 = fp32.Calls.Sum(c => c.Bytes);
+        Assert.That(bytes16, Is.LessThan(0.7 * bytes32));
+        Assert.That(Estimate.StepSeconds(bf16), Is.LessThan(Estimate.StepSeconds(fp32) / 3), "fp32 GEMMs run on CUDA cores");
+        Assert.That(Estimate.Mfu(bf16), Is.InRange(0.0, 1.0));
     }
 
     [Test]
