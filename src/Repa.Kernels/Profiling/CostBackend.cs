@@ -51,9 +51,10 @@ public sealed record KernelCall(string Family, string Kind, string Shape, int La
 /// <item>Attention as executed by kernels/attention.cu: forward 4 N H T^2 hd FLOPs, backward 14 N H T^2 hd (S and dP are
 /// recomputed in both the query and the key pass); the exps are not counted as FLOPs.</item>
 /// <item>Element-wise FLOPs are rough per-element operation counts (they never decide a memory-bound kernel's time).</item>
-/// <item>Launches (kernels, plus memsets and device-to-device copies, which cost about as much) follow the CUDA backend: e.g. LayerNorm backward is an input kernel, a parameter kernel and one column
-/// sum per affine gradient; a broadcast over more than six merged axes is one launch per slice; the squared norm is
-/// two kernels. The parameter-gradient chunks use an H100's <see cref="MultiprocessorCount"/> multiprocessors.</item>
+/// <item>Launches (kernels, plus memsets and device-to-device copies, which cost about as much) follow the CUDA
+/// backend: e.g. LayerNorm backward is an input kernel, a parameter kernel and one column sum per affine gradient; a
+/// broadcast over more than six merged axes is one launch per slice; the squared norm is two kernels and a read-back.
+/// The parameter-gradient chunks use an H100's <see cref="MultiprocessorCount"/> multiprocessors.</item>
 /// </list>
 /// </remarks>
 public sealed class CostBackend : IBackend
