@@ -208,6 +208,85 @@ REPA_EMU_API cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cu
                                                        long long stride_c, int batch_count,
                                                        cublasComputeType_t compute_type, cublasGemmAlgo_t algo);
 
+// ---- cuBLASLt (cublasLt.h): the subset for GEMMs with bias / GELU / bias-gradient epilogues --------------------------
+typedef struct cublasLtContext* cublasLtHandle_t;
+typedef struct cublasLtMatmulDescEmu* cublasLtMatmulDesc_t;
+typedef struct cublasLtMatrixLayoutEmu* cublasLtMatrixLayout_t;
+typedef struct cublasLtMatmulPreferenceEmu* cublasLtMatmulPreference_t;
+typedef struct {
+  uint64_t data[8];
+} cublasLtMatmulAlgo_t;
+typedef struct {
+  cublasLtMatmulAlgo_t algo;
+  size_t workspaceSize;
+  cublasStatus_t state;
+  float wavesCount;
+  int reserved[4];
+} cublasLtMatmulHeuristicResult_t;
+// cublasLtMatmulDescAttributes_t (the values of cublasLt.h; 9 is unused there).
+enum : int {
+  CUBLASLT_MATMUL_DESC_COMPUTE_TYPE = 0,
+  CUBLASLT_MATMUL_DESC_SCALE_TYPE = 1,
+  CUBLASLT_MATMUL_DESC_POINTER_MODE = 2,
+  CUBLASLT_MATMUL_DESC_TRANSA = 3,
+  CUBLASLT_MATMUL_DESC_TRANSB = 4,
+  CUBLASLT_MATMUL_DESC_TRANSC = 5,
+  CUBLASLT_MATMUL_DESC_FILL_MODE = 6,
+  CUBLASLT_MATMUL_DESC_EPILOGUE = 7,
+  CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8,
+  CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE = 10,
+  CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11,
+  CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12,
+};
+enum : int {
+  CUBLASLT_MATRIX_LAYOUT_TYPE = 0,
+  CUBLASLT_MATRIX_LAYOUT_ORDER = 1,
+  CUBLASLT_MATRIX_LAYOUT_ROWS = 2,
+  CUBLASLT_MATRIX_LAYOUT_COLS = 3,
+  CUBLASLT_MATRIX_LAYOUT_LD = 4,
+  CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5,
+  CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET = 6,
+};
+enum : int { CUBLASLT_MATMUL_PREF_SEARCH_MODE = 0, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1 };
+// cublasLtEpilogue_t.
+enum : int {
+  CUBLASLT_EPILOGUE_DEFAULT = 1,
+  CUBLASLT_EPILOGUE_BIAS = 4,
+  CUBLASLT_EPILOGUE_GELU = 32,
+  CUBLASLT_EPILOGUE_GELU_AUX = 32 | 128,
+  CUBLASLT_EPILOGUE_GELU_BIAS = 32 | 4,
+  CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4,
+  CUBLASLT_EPILOGUE_BGRADA = 256,
+  CUBLASLT_EPILOGUE_BGRADB = 512,
+};
+REPA_EMU_API cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle);
+REPA_EMU_API cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle);
+REPA_EMU_API cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* desc, cublasComputeType_t compute_type,
+                                                     cudaDataType scale_type);
+REPA_EMU_API cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc);
+REPA_EMU_API cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, int attribute, const void* value,
+                                                           size_t size);
+REPA_EMU_API cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* layout, cudaDataType type,
+                                                       uint64_t rows, uint64_t cols, int64_t ld);
+REPA_EMU_API cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout);
+REPA_EMU_API cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t layout, int attribute,
+                                                             const void* value, size_t size);
+REPA_EMU_API cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* preference);
+REPA_EMU_API cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t preference);
+REPA_EMU_API cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t preference, int attribute,
+                                                                 const void* value, size_t size);
+REPA_EMU_API cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
+                                                           cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                                           cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
+                                                           cublasLtMatmulPreference_t preference, int requested,
+                                                           cublasLtMatmulHeuristicResult_t* results, int* returned);
+REPA_EMU_API cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha,
+                                           const void* a, cublasLtMatrixLayout_t a_layout, const void* b,
+                                           cublasLtMatrixLayout_t b_layout, const void* beta, const void* c,
+                                           cublasLtMatrixLayout_t c_layout, void* d, cublasLtMatrixLayout_t d_layout,
+                                           const cublasLtMatmulAlgo_t* algo, void* workspace, size_t workspace_bytes,
+                                           cudaStream_t stream);
+
 // ---- the emulator's own ------------------------------------------------------------------------------------------------
 // The message of the most recent failed call made on the calling thread ("" when none failed): why a launch failed
 // (deadlock, assert), which kernel name was not found, which pointer was not device memory ...

@@ -255,6 +255,24 @@ cublasStatus_t check_types(const char* function, cudaDataType a_type, cudaDataTy
 }
 
 }  // namespace
+
+void gemm_to_fp32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, cudaDataType a_type,
+                  int lda, const void* b, cudaDataType b_type, int ldb, float beta, float* c, int ldc) {
+  Gemm g{trans_a, trans_b, m, n, k, alpha, beta, static_cast<const char*>(a), a_type, lda, 0,
+         static_cast<const char*>(b), b_type, ldb, 0, reinterpret_cast<char*>(c), CUDA_R_32F, ldc, 0, 1};
+  const std::size_t tiles_m = static_cast<std::size_t>((m + kTile - 1) / kTile);
+  const std::size_t tiles_n = static_cast<std::size_t>((n + kTile - 1) / kTile);
+  parallel_for(tiles_m * tiles_n, [&](std::size_t tile, int) {
+    thread_local std::vector<float> pa, pb;
+    run_tile(g, 0, static_cast<int>(tile % tiles_m) * kTile, static_cast<int>(tile / tiles_m) * kTile, pa, pb);
+    return true;
+  });
+}
+
+float load_element(const void* base, std::size_t index, cudaDataType type) { return load(base, index, type); }
+void store_element(void* base, std::size_t index, cudaDataType type, float value) { store(base, index, type, value); }
+std::size_t element_bytes(cudaDataType type) { return element_size(type); }
+
 }  // namespace repa_emu
 
 using namespace repa_emu;

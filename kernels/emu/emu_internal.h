@@ -44,4 +44,13 @@ CUresult run_grid(const GridLaunch& launch, std::string& message);
 // Device memory bookkeeping (emu_runtime.cpp): whether [pointer, pointer + bytes) lies inside one live allocation.
 bool is_device_range(const void* pointer, std::size_t bytes);
 
+// The cuBLAS half's GEMM core (emu_cublas.cpp) on already validated operands: column-major C = alpha op(A) op(B) +
+// beta C over the worker pool, C fp32 with leading dimension ldc (any memory: used for cuBLASLt's fp32 accumulators).
+void gemm_to_fp32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, cudaDataType a_type,
+                  int lda, const void* b, cudaDataType b_type, int ldb, float beta, float* c, int ldc);
+// Loads and stores of fp32 / bf16 / fp16 elements by cudaDataType.
+float load_element(const void* base, std::size_t index, cudaDataType type);
+void store_element(void* base, std::size_t index, cudaDataType type, float value);
+std::size_t element_bytes(cudaDataType type);
+
 }  // namespace repa_emu

@@ -19,6 +19,12 @@ public sealed class BufferPool : IDisposable
     /// <summary>Bytes currently held in free lists (allocated but idle).</summary>
     public long IdleBytes { get; private set; }
 
+    /// <summary>Bytes of every buffer this pool allocated and has not trimmed (in use or idle): its device footprint.</summary>
+    public long HeldBytes { get; private set; }
+
+    /// <summary>The largest <see cref="HeldBytes"/> so far: the high-water mark of device memory through the pool.</summary>
+    public long PeakHeldBytes { get; private set; }
+
     public DeviceBuffer Rent(DType dtype, long length)
     {
         lock (gate)
@@ -31,7 +37,13 @@ public sealed class BufferPool : IDisposable
             }
             Misses++;
         }
-        return backend.Allocate(dtype, length);
+        var allocated = backend.Allocate(dtype, length);
+        lock (gate)
+        {
+            HeldBytes += allocated.SizeInBytes;
+            PeakHeldBytes = Math.Max(PeakHeldBytes, HeldBytes);
+        }
+        return allocated;
     }
 
     public void Return(DeviceBuffer buffer)
@@ -52,7 +64,12 @@ public sealed class BufferPool : IDisposable
         lock (gate)
         {
             foreach (var stack in free.Values)
-                while (stack.Count > 0) stack.Pop().Dispose();
+                while (stack.Count > 0)
+                {
+                    var buffer = stack.Pop();
+                    HeldBytes -= buffer.SizeInBytes;
+                    buffer.Dispose();
+                }
             free.Clear();
             IdleBytes = 0;
         }

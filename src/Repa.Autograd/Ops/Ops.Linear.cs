@@ -5,8 +5,11 @@ namespace Repa.Autograd;
 /// <summary>Linear layers (PyTorch layout, weight [out, in]) and batched matrix products, on the backend's GEMM.</summary>
 public static partial class Ops
 {
-    /// <summary>y = x W^T + b for x [..., in], W [out, in], b [out] (torch.nn.functional.linear).</summary>
-    public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias = null)
+    /// <summary>
+    /// y = x W^T + b for x [..., in], W [out, in], b [out] (torch.nn.functional.linear), optionally followed by an
+    /// activation in the same op (f(linear(x)): the backend fuses it into the GEMM's epilogue where it can).
+    /// </summary>
+    public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias = null, Activation? activation = null)
     {
         const string op = "linear";
         SameBackend(op, bias == null ? [x, weight] : [x, weight, bias]);
@@ -18,15 +21,26 @@ public static partial class Ops
         var shape = (int[])x.Shape.Clone();
         shape[^1] = outF;
         var y = NewLike(x, shape);
+        var pre = activation != null ? NewLike(x, shape) : null; // saved for the activation's backward
         var be = x.Backend;
-        be.Gemm(false, true, rows, outF, inF, 1, x.Buffer, 0, inF, 0, weight.Buffer, 0, inF, 0, 0, y.Buffer, 0, outF, 0);
-        if (bias != null) be.Binary(BinaryOp.Add, y.Buffer, [outF, 1], bias.Buffer, [0, 1], y.Buffer, [rows, outF]);
-        return Record(op, y, bias == null ? [x, weight] : [x, weight, bias], dy =>
+        be.LinearForward(x.Buffer, weight.Buffer, bias?.Buffer, y.Buffer, activation, pre?.Buffer, rows, inF, outF);
+        var result = Record(op, y, bias == null ? [x, weight] : [x, weight, bias], dy =>
         {
-            if (GradOf(x) is { } gx) be.Gemm(false, false, rows, inF, outF, 1, dy.Buffer, 0, outF, 0, weight.Buffer, 0, inF, 0, 1, gx.Buffer, 0, inF, 0);
-            if (GradOf(weight) is { } gw) be.Gemm(true, false, outF, inF, rows, 1, dy.Buffer, 0, outF, 0, x.Buffer, 0, inF, 0, 1, gw.Buffer, 0, inF, 0);
-            if (bias != null && GradOf(bias) is { } gb) be.Sum(dy.Buffer, gb.Buffer, 1, rows, outF, 1, 1);
+            Tensor? dPre = null;
+            if (activation is { } f)
+            {
+                dPre = Tensor.Zeros(be, x.DType, shape);
+                be.ActivationBackward(f, pre!.Buffer, dy.Buffer, dPre.Buffer, dPre.Count);
+            }
+            var g = dPre ?? dy;
+            if (GradOf(x) is { } gx) be.Gemm(false, false, rows, inF, outF, 1, g.Buffer, 0, outF, 0, weight.Buffer, 0, inF, 0, 1, gx.Buffer, 0, inF, 0);
+            var gw = GradOf(weight);
+            var gb = bias != null ? GradOf(bias) : null;
+            if (gw != null || gb != null) be.LinearWeightBackward(g.Buffer, x.Buffer, gw?.Buffer, gb?.Buffer, rows, inF, outF);
+            dPre?.Dispose();
         });
+        if (result.Creator == null) pre?.Dispose(); // nothing will run the backward
+        return result;
     }
 
     /// <summary>

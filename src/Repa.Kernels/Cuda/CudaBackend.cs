@@ -442,6 +442,7 @@ public sealed unsafe partial class CudaBackend : IBackend
             if (disposed) return;
             Enter();
             CudaDriver.cuCtxSynchronize();
+            DisposeLt();
             Cublas.cublasDestroy_v2(cublas);
             foreach (nint module in modules.Values) CudaDriver.cuModuleUnload(module);
             modules.Clear();

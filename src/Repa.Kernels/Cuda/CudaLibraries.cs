@@ -141,7 +141,7 @@ public static class CudaLibraries
                 path = bound.Path;
                 return true;
             }
-            if (emulatorPath != null && logicalName is Driver or Cublas)
+            if (emulatorPath != null && logicalName is Driver or Cublas or CublasLt)
             {
                 if (!NativeLibrary.TryLoad(emulatorPath, out nint emu))
                 {

@@ -115,8 +115,9 @@ public sealed class SiT : Module
     /// its gradient reaches the master in float32); the tensor itself when the dtypes agree.</summary>
     private Tensor W(Tensor parameter) => Ops.Cast(parameter, computeDType);
 
-    /// <summary>A matmul layer in the compute dtype.</summary>
-    private Tensor Linear(Tensor x, Tensor weight, Tensor bias) => Ops.Linear(x, W(weight), W(bias));
+    /// <summary>A matmul layer in the compute dtype, with the activation that follows it fused in (GEMM epilogue).</summary>
+    private Tensor Linear(Tensor x, Tensor weight, Tensor bias, Activation? activation = null) =>
+        Ops.Linear(x, W(weight), W(bias), activation);
 
     /// <summary>
     /// The velocity prediction [N, C, H, W] for inputs x [N, C, H, W] (H = W = input_size), times t [N] (raw, in [0, 1];
@@ -158,7 +159,7 @@ public sealed class SiT : Module
         Validate(x, t, y);
         var h = Ops.Add(Ops.PatchEmbed(Ops.Cast(x, computeDType), W(xW), W(xB)), W(posEmbed)); // [N, T, D] + [1, T, D]
         var frequencies = Ops.Cast(Ops.TimestepEmbedding(t, SiTConfig.FrequencyEmbeddingSize), computeDType);
-        var tEmb = Linear(Ops.Silu(Linear(frequencies, t0W, t0B)), t2W, t2B);
+        var tEmb = Linear(Linear(frequencies, t0W, t0B, Activation.Silu), t2W, t2B);
         // The gather runs on the float32 table (its scatter-add gradient stays float32); only the rows are cast.
         var c = Ops.Add(tEmb, Ops.Cast(Ops.Embedding(labelTable, y), computeDType)); // [N, D]
         // Every adaLN_modulation starts with SiLU(c): the same value, computed once.
@@ -174,7 +175,7 @@ public sealed class SiT : Module
             var attn = Linear(Ops.Attention(qkv, cfg.NumHeads), blk.ProjW, blk.ProjB);
             h = Ops.GatedResidual(h, mod[2], attn);
             var m = Ops.LayerNormModulate(h, mod[3], mod[4], 1e-6);
-            var mlp = Linear(Ops.Gelu(Linear(m, blk.Fc1W, blk.Fc1B)), blk.Fc2W, blk.Fc2B);
+            var mlp = Linear(Linear(m, blk.Fc1W, blk.Fc1B, Activation.Gelu), blk.Fc2W, blk.Fc2B);
             h = Ops.GatedResidual(h, mod[5], mlp);
             afterBlock?.Invoke(i, h);
         }
@@ -193,7 +194,7 @@ public sealed class SiT : Module
 
     /// <summary>Linear(D, W) -> SiLU -> Linear(W, W) -> SiLU -> Linear(W, z), per token: [N, T, D] -> [N, T, z].</summary>
     private Tensor Project(Projector p, Tensor h) =>
-        Linear(Ops.Silu(Linear(Ops.Silu(Linear(h, p.W0, p.B0)), p.W2, p.B2)), p.W4, p.B4);
+        Linear(Linear(Linear(h, p.W0, p.B0, Activation.Silu), p.W2, p.B2, Activation.Silu), p.W4, p.B4);
 
     private void Validate(Tensor x, Tensor t, Tensor y)
     {

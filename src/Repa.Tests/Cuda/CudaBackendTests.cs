@@ -445,6 +445,50 @@ public abstract partial class CudaBackendTests
     private static Tolerance GemmTolerance(DType output, int k) =>
         output == DType.F32 ? Tolerance.Close(16 * F32Epsilon, 4 * F32Epsilon * k) : Tolerance.Close(1.0 / 128, 1e-5 * Math.Sqrt(k));
 
+    /// <summary>(rows, in, out): out a multiple of 8 (cuBLASLt's GELU aux), out not (the composed fallback for GELU).</summary>
+    private static readonly (int Rows, int In, int Out)[] LinearSizes = [(7, 13, 16), (33, 65, 24), (5, 9, 12), (1, 3, 1)];
+
+    [Test]
+    public void LinearForwardMatchesTheCpu([Values(DType.F32, DType.BF16)] DType dtype, [Values] bool withBias,
+        [Values(null, Activation.Gelu, Activation.Silu)] Activation? activation)
+    {
+        foreach (var (rows, inF, outF) in LinearSizes)
+        {
+            var x = Eq.Random(dtype, (long)rows * inF);
+            var w = Eq.Random(dtype, (long)outF * inF);
+            var b = Eq.Random(dtype, outF);
+            var y = Eq.Full(dtype, (long)rows * outF, float.NaN);
+            var pre = Eq.Full(dtype, (long)rows * outF, float.NaN);
+            Eq.Run((be, on) => be.LinearForward(on(x), on(w), withBias ? on(b) : null, on(y), activation, activation != null ? on(pre) : null, rows, inF, outF));
+            bool fused = activation == null || (activation == Activation.Gelu && outF % 8 == 0);
+            Assert.That(Cuda.LastLinearWasFused, Is.EqualTo(fused), $"{rows}x{inF}->{outF} {activation}: cuBLASLt epilogue or composed");
+            // The epilogue rounds once (fp32 accumulate + bias + GELU); the composed path rounds after the GEMM and after
+            // the bias in bf16: one or two bf16 roundings, plus the activations' own few fp32 ulps.
+            var tolerance = dtype == DType.F32 ? Tolerance.Close(64 * F32Epsilon, 8 * F32Epsilon * inF) : Tolerance.Close(1.0 / 64, 2e-3 * Math.Sqrt(inF));
+            string what = $"linear {rows}x{inF}->{outF} {dtype.Name()} bias {withBias} {activation}";
+            Eq.AssertClose(y, tolerance, what);
+            if (activation != null) Eq.AssertClose(pre, tolerance, what + " pre-activation");
+        }
+    }
+
+    [Test]
+    public void LinearWeightBackwardMatchesTheCpu([Values(DType.F32, DType.BF16)] DType inputs, [Values] bool withBias)
+    {
+        foreach (var output in inputs == DType.F32 ? new[] { DType.F32 } : [DType.BF16, DType.F32])
+            foreach (var (rows, inF, outF) in LinearSizes)
+            {
+                var dy = Eq.Random(inputs, (long)rows * outF);
+                var x = Eq.Random(inputs, (long)rows * inF);
+                var dw = Eq.Random(output, (long)outF * inF); // accumulated into
+                var db = Eq.Random(output, outF);
+                Eq.Run((be, on) => be.LinearWeightBackward(on(dy), on(x), on(dw), withBias ? on(db) : null, rows, inF, outF));
+                Assert.That(Cuda.LastLinearWasFused, Is.EqualTo(withBias), "BGRADB when there is a bias gradient");
+                string what = $"linear backward {rows}x{inF}->{outF} {inputs.Name()} -> {output.Name()}";
+                Eq.AssertClose(dw, GemmTolerance(output, rows), what + " dW");
+                Eq.AssertClose(db, GemmTolerance(output, rows), what + " db");
+            }
+    }
+
     [Test]
     public void BatchedGemmBroadcastsAndScales([Values(DType.F32, DType.BF16)] DType dtype)
     {

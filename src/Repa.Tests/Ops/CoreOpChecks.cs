@@ -1,5 +1,6 @@
 using NUnit.Framework;
 using Repa.Autograd;
+using Repa.Kernels;
 using Repa.Tests.Checks;
 
 namespace Repa.Tests.Ops;
@@ -41,6 +42,8 @@ public class CoreOpChecks
         yield return new OpCase("Linear", "bias [7,13]x[5,13]^T", x => Linear(x[0], x[1], x[2]), Input.Random(7, 13), Input.Random(5, 13), Input.Random(5));
         yield return new OpCase("Linear", "no bias, 3-D input [2,3,9]", x => Linear(x[0], x[1]), Input.Random(2, 3, 9), Input.Random(17, 9));
         yield return new OpCase("Linear", "batch 1 [1,65]x[33,65]", x => Linear(x[0], x[1], x[2]), Input.Random(1, 65), Input.Random(33, 65), Input.Random(33));
+        yield return new OpCase("Linear", "GELU epilogue [2,5,9]x[17,9]", x => Linear(x[0], x[1], x[2], Activation.Gelu), Input.Random(2, 5, 9), Input.Random(17, 9), Input.Random(17));
+        yield return new OpCase("Linear", "SiLU epilogue, no bias [6,13]x[7,13]", x => Linear(x[0], x[1], null, Activation.Silu), Input.Random(6, 13) with { Scale = 3 }, Input.Random(7, 13));
         foreach (var (ta, tb) in new[] { (false, false), (false, true), (true, false), (true, true) })
         {
             int m = 5, k = 7, n = 3;

@@ -4,9 +4,9 @@ namespace Repa.Kernels.Cuda.Native;
 
 /// <summary>
 /// cuBLASLt basics (cublasLt.h), bound to the logical library "repa_cublaslt" (libcublasLt.so.N): descriptors, layouts,
-/// the heuristic and cublasLtMatmul, enough for GEMMs with fused bias/GELU epilogues. The emulator does not provide
-/// these; the backend uses them only on a real device. Status codes are <see cref="CublasStatus"/> (use
-/// <see cref="Cublas.Check"/>).
+/// the heuristic and cublasLtMatmul, enough for GEMMs with fused bias/GELU/bias-gradient epilogues (the emulator
+/// exports the same subset, kernels/emu/emu_cublaslt.cpp). Status codes are <see cref="CublasStatus"/> (use
+/// <see cref="Cublas.Check"/>). Attribute and epilogue values are cublasLt.h's.
 /// </summary>
 internal static unsafe partial class CublasLt
 {
@@ -19,6 +19,8 @@ internal static unsafe partial class CublasLt
     public const int MatmulDescTransB = 4;
     public const int MatmulDescEpilogue = 7;
     public const int MatmulDescBiasPointer = 8;
+    public const int MatmulDescEpilogueAuxPointer = 11;
+    public const int MatmulDescEpilogueAuxLd = 12;
 
     // cublasLtMatrixLayoutAttribute_t.
     public const int MatrixLayoutBatchCount = 5;
@@ -32,6 +34,9 @@ internal static unsafe partial class CublasLt
     public const int EpilogueBias = 4;
     public const int EpilogueGelu = 32;
     public const int EpilogueGeluBias = 36;
+    public const int EpilogueGeluAux = 32 | 128;
+    public const int EpilogueGeluAuxBias = 32 | 128 | 4;
+    public const int EpilogueBiasGradientB = 512;
 
     /// <summary>cublasLtMatmulAlgo_t: 8 opaque 64-bit words.</summary>
     [StructLayout(LayoutKind.Sequential)]
