@@ -173,6 +173,59 @@ public sealed class CostBackend : IBackend
         calls[^1] = calls[^1] with { InputType = a.DType };
     }
 
+    /// <summary>
+    /// As the CUDA backend: one cuBLASLt GEMM with the bias and GELU in its epilogue (GELU's input written as the aux
+    /// matrix) when the activation is none or GELU and the buffers share fp32 or bf16; otherwise the composition
+    /// (GEMM, bias add, activation), recorded call by call.
+    /// </summary>
+    public void LinearForward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, Activation? activation,
+        DeviceBuffer? preActivation, int rows, int inFeatures, int outFeatures)
+    {
+        bool fits = x.DType is DType.F32 or DType.BF16 && weight.DType == x.DType && y.DType == x.DType
+            && (bias == null || bias.DType == x.DType) && (preActivation == null || preActivation.DType == x.DType);
+        if (activation is not (null or Activation.Gelu) || !fits || rows <= 0 || inFeatures <= 0 || outFeatures <= 0)
+        {
+            LinearComposition.Forward(this, x, weight, bias, y, activation, preActivation, rows, inFeatures, outFeatures);
+            return;
+        }
+        long output = (long)rows * outFeatures;
+        string epilogue = (activation != null, bias != null) switch
+        {
+            (false, false) => "no epilogue",
+            (false, true) => "bias epilogue",
+            (true, false) => "GELU epilogue",
+            (true, true) => "bias + GELU epilogue",
+        };
+        Record("gemm", $"LinearForward ({epilogue})", $"NT {rows}x{outFeatures}x{inFeatures}", 1, 2.0 * rows * outFeatures * inFeatures, ComputeUnit.Gemm,
+            T(x, (long)rows * inFeatures), T(weight, (long)outFeatures * inFeatures), T(bias, outFeatures, true), T(y, output),
+            T(preActivation, output, activation != null));
+        calls[^1] = calls[^1] with { InputType = x.DType };
+    }
+
+    /// <summary>
+    /// As the CUDA backend: with both gradients and fitting dtypes, one cuBLASLt GEMM (dweight += dy^T x) whose BGRADB
+    /// epilogue writes the bias gradient to a scratch vector, then an axpby adding it into dbias; otherwise the
+    /// composition (GEMM, column sum).
+    /// </summary>
+    public void LinearWeightBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? dweight, DeviceBuffer? dbias,
+        int rows, int inFeatures, int outFeatures)
+    {
+        bool fused = dweight != null && dbias != null && rows > 0 && inFeatures > 0 && outFeatures > 0
+            && dy.DType == x.DType && dweight.DType == dbias.DType && dy.DType is DType.F32 or DType.BF16
+            && (dweight.DType == dy.DType || (dy.DType == DType.BF16 && dweight.DType == DType.F32));
+        if (!fused)
+        {
+            LinearComposition.WeightBackward(this, dy, x, dweight, dbias, rows, inFeatures, outFeatures);
+            return;
+        }
+        Record("gemm", "LinearWeightBackward (bias-gradient epilogue)", $"TN {outFeatures}x{inFeatures}x{rows}", 1,
+            2.0 * rows * outFeatures * inFeatures, ComputeUnit.Gemm,
+            T(x, (long)rows * inFeatures), T(dy, (long)rows * outFeatures), T(dweight!, ReadWrite((long)outFeatures * inFeatures)),
+            Scratch(dbias!.DType, outFeatures));
+        calls[^1] = calls[^1] with { InputType = x.DType };
+        Record("elementwise", "Axpby", "", 1, 3.0 * outFeatures, ComputeUnit.Memory, Scratch(dbias.DType, outFeatures), T(dbias, ReadWrite(outFeatures)));
+    }
+
     // ---- attention -----------------------------------------------------------------------------------------------
 
     public void AttentionForward(DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp,

@@ -39,6 +39,41 @@ public sealed class CostEstimateTests
         Assert.That(backend.Calls.Single().Bytes, Is.EqualTo(64 * 32 * 4 + 32 * 16 * 2 + 64 * 16 * 4), "beta = 0 never reads C");
     }
 
+    /// <summary>The Linear members as the CUDA backend runs them: one cuBLASLt GEMM with the bias (and GELU, whose input
+    /// is written as the aux matrix) in its epilogue; SiLU is composed (GEMM, bias add, activation); the weight gradient
+    /// is one GEMM whose epilogue writes the bias gradient to scratch, then an axpby into dbias.</summary>
+    [Test]
+    public void LinearMembersCountTheFusedEpiloguesOrTheComposition()
+    {
+        using var backend = new CostBackend();
+        const int rows = 8, inF = 4, outF = 6;
+        var x = backend.Allocate(DType.BF16, rows * inF);
+        var w = backend.Allocate(DType.BF16, outF * inF);
+        var bias = backend.Allocate(DType.BF16, outF);
+        var y = backend.Allocate(DType.BF16, rows * outF);
+        var pre = backend.Allocate(DType.BF16, rows * outF);
+        backend.LinearForward(x, w, bias, y, Activation.Gelu, pre, rows, inF, outF);
+        var fused = backend.Calls.Single();
+        Assert.That((fused.Kind, fused.Launches, fused.InputType), Is.EqualTo(("LinearForward (bias + GELU epilogue)", 1, (DType?)DType.BF16)));
+        Assert.That(fused.Flops, Is.EqualTo(2.0 * rows * inF * outF));
+        Assert.That(fused.Bytes, Is.EqualTo((rows * inF + outF * inF + outF + 2 * rows * outF) * 2), "x, W, bias read; y and the aux written");
+
+        backend.Clear();
+        backend.LinearForward(x, w, bias, y, Activation.Silu, pre, rows, inF, outF);
+        Assert.That(backend.Calls.Select(c => c.Kind), Is.EqualTo(new[] { "Gemm", "Add (rows)", "SiluForward" }));
+
+        backend.Clear();
+        var dy = backend.Allocate(DType.BF16, rows * outF);
+        var dw = backend.Allocate(DType.F32, outF * inF);
+        var db = backend.Allocate(DType.F32, outF);
+        backend.LinearWeightBackward(dy, x, dw, db, rows, inF, outF);
+        var (gemm, axpby) = (backend.Calls[0], backend.Calls[1]);
+        Assert.That(backend.Calls, Has.Count.EqualTo(2));
+        Assert.That(gemm.Flops, Is.EqualTo(2.0 * rows * inF * outF));
+        Assert.That(gemm.Bytes, Is.EqualTo((rows * inF + rows * outF) * 2 + (2 * outF * inF + outF) * 4), "x, dy read; dW read and written; the bias gradient to scratch");
+        Assert.That(axpby.Bytes, Is.EqualTo(3 * outF * 4));
+    }
+
     [Test]
     public void LayerNormCountsTheCudaBackendsPassesAndScratch()
     {
