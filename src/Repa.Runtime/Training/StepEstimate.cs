@@ -211,6 +211,13 @@ public sealed class StepEstimate
                    "launches and a read-back per tensor), a CUDA graph for the launch floor, and the host uploads overlapped with compute."
                  : ": it already does."));
         Line($"- GEMMs at {F(100 * m.GemmEfficiency, 0)}% of {F(m.TensorPeak / 1e12, 0)} TFLOP/s cap MFU at {F(100 * modelFlops / (gemm * m.TensorPeak), 0)}% even with everything else free.");
+        // How much the tensor-core-attention figure hangs on the guessed efficiencies.
+        string WithTensorCoreAttention(StepCostModel variant) =>
+            F(100 * modelFlops / ((main.Calls.Where(c => c.Family != "attention").Sum(variant.Seconds) + tensorAttention) * variant.TensorPeak), 1) + "%";
+        Line($"- Sensitivity of the tensor-core-attention MFU ({F(100 * modelFlops / (withTensorCores * m.TensorPeak), 1)}%) to the guesses: GEMMs at 70% / 90% of " +
+             $"{F(m.TensorPeak / 1e12, 0)} TFLOP/s give {WithTensorCoreAttention(m with { GemmEfficiency = 0.7 })} / {WithTensorCoreAttention(m with { GemmEfficiency = 0.9 })}; " +
+             $"the bandwidth-bound kernels at 60% / 100% of {F(m.MemoryBandwidth / 1e12, 1)} TB/s give {WithTensorCoreAttention(m with { MemoryEfficiency = 0.6 })} / " +
+             $"{WithTensorCoreAttention(m with { MemoryEfficiency = 1.0 })}.");
         Line();
         Line("## Limits of this estimate");
         Line("- Nothing here is measured. The efficiencies above are guesses to be replaced by timings on a GPU.");
