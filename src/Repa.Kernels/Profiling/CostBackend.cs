@@ -1,4 +1,5 @@
 using Repa.Kernels.Cpu;
+using Repa.Kernels.Cuda;
 
 namespace Repa.Kernels.Profiling;
 
@@ -181,9 +182,7 @@ public sealed class CostBackend : IBackend
     public void LinearForward(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, Activation? activation,
         DeviceBuffer? preActivation, int rows, int inFeatures, int outFeatures)
     {
-        bool fits = x.DType is DType.F32 or DType.BF16 && weight.DType == x.DType && y.DType == x.DType
-            && (bias == null || bias.DType == x.DType) && (preActivation == null || preActivation.DType == x.DType);
-        if (activation is not (null or Activation.Gelu) || !fits || rows <= 0 || inFeatures <= 0 || outFeatures <= 0)
+        if (!CudaBackend.LinearForwardFuses(x, weight, bias, y, activation, preActivation, rows, inFeatures, outFeatures))
         {
             LinearComposition.Forward(this, x, weight, bias, y, activation, preActivation, rows, inFeatures, outFeatures);
             return;
@@ -210,18 +209,15 @@ public sealed class CostBackend : IBackend
     public void LinearWeightBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? dweight, DeviceBuffer? dbias,
         int rows, int inFeatures, int outFeatures)
     {
-        bool fused = dweight != null && dbias != null && rows > 0 && inFeatures > 0 && outFeatures > 0
-            && dy.DType == x.DType && dweight.DType == dbias.DType && dy.DType is DType.F32 or DType.BF16
-            && (dweight.DType == dy.DType || (dy.DType == DType.BF16 && dweight.DType == DType.F32));
-        if (!fused)
+        if (!CudaBackend.LinearWeightBackwardFuses(dy, x, dweight, dbias, rows, inFeatures, outFeatures))
         {
             LinearComposition.WeightBackward(this, dy, x, dweight, dbias, rows, inFeatures, outFeatures);
             return;
         }
         Record("gemm", "LinearWeightBackward (bias-gradient epilogue)", $"TN {outFeatures}x{inFeatures}x{rows}", 1,
             2.0 * rows * outFeatures * inFeatures, ComputeUnit.Gemm,
-            T(x, (long)rows * inFeatures), T(dy, (long)rows * outFeatures), T(dweight!, ReadWrite((long)outFeatures * inFeatures)),
-            Scratch(dbias!.DType, outFeatures));
+            T(x, (long)rows * inFeatures), T(dy, (long)rows * outFeatures), T(dweight, ReadWrite((long)outFeatures * inFeatures)),
+            Scratch(dbias.DType, outFeatures));
         calls[^1] = calls[^1] with { InputType = x.DType };
         Record("elementwise", "Axpby", "", 1, 3.0 * outFeatures, ComputeUnit.Memory, Scratch(dbias.DType, outFeatures), T(dbias, ReadWrite(outFeatures)));
     }
