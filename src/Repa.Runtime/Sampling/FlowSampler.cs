@@ -314,99 +314,74 @@ public static class FlowSampler
     }
 
     /// <summary>
-    /// A model as the step loop sees it: evaluated at a float64 state on <see cref="Backend"/>, it fills a buffer of its
-    /// outputs, n values or, guided, 2n (the model on [x; x] with labels [y; null]: conditional half first).
+    /// A model as the step loop sees it: evaluated at a float64 state on <see cref="Backend"/>, it fills a buffer with its
+    /// outputs, n values or, guided, 2n (the model on [x; x] with labels [y; null]: the conditional half first). The
+    /// state is first converted into the model's input buffer on the backend (rounded as REPA casts x to the latents'
+    /// dtype) and copied into its second half under guidance.
     /// </summary>
-    private abstract class StepModel(IBackend backend, ReadOnlySpan<int> labels, int nullClass, SamplerOptions options) : IDisposable
+    private abstract class StepModel : IDisposable
     {
-        protected readonly int[] Labels = labels.ToArray();
-        protected readonly int[] DoubledLabels = options.CfgScale > 1 ? [.. labels, .. Enumerable.Repeat(nullClass, labels.Length)] : [];
-        protected readonly bool Guidance = options.CfgScale > 1;
-
-        public IBackend Backend { get; } = backend;
-
-        /// <summary>The model output at (x, t), guided or not; the buffer is reused by the next call.</summary>
-        public abstract DeviceBuffer Evaluate(DeviceBuffer x, double t, bool guided);
-
-        public abstract void Dispose();
-    }
-
-    /// <summary>A <see cref="VelocityModel"/> on float64 spans of the CPU backend's buffers.</summary>
-    private sealed class HostModel : StepModel
-    {
-        private readonly VelocityModel model;
-        private readonly int length;
-        private readonly CpuBuffer output, doubled;
-
-        public HostModel(VelocityModel model, ReadOnlySpan<int> labels, int nullClass, int length, SamplerOptions options)
-            : base(CpuBackend.Default, labels, nullClass, options)
-        {
-            this.model = model;
-            this.length = length;
-            output = (CpuBuffer)Backend.Allocate(DType.F64, Guidance ? 2L * length : length);
-            doubled = (CpuBuffer)Backend.Allocate(DType.F64, Guidance ? 2L * length : 0);
-        }
-
-        public override DeviceBuffer Evaluate(DeviceBuffer x, double t, bool guided)
-        {
-            var state = ((CpuBuffer)x).AsSpan<double>()[..length];
-            if (!guided)
-            {
-                model(state, t, Labels, output.AsSpan<double>()[..length]);
-                return output;
-            }
-            var both = doubled.AsSpan<double>();
-            state.CopyTo(both);
-            state.CopyTo(both[length..]);
-            model(both, t, DoubledLabels, output.AsSpan<double>());
-            return output;
-        }
-
-        public override void Dispose()
-        {
-            output.Dispose();
-            doubled.Dispose();
-        }
-    }
-
-    /// <summary>A network on its backend: the state is converted to the model's dtype on the device, doubled under guidance.</summary>
-    private sealed class NetworkModel : StepModel
-    {
-        private readonly BatchedModel model;
+        private readonly int[] labels, doubledLabels;
         private readonly long length;
-        private readonly DeviceBuffer input, output;
 
-        public NetworkModel(BatchedModel model, ReadOnlySpan<int> labels, int nullClass, long length, SamplerOptions options)
-            : base(model.Backend, labels, nullClass, options)
+        protected StepModel(IBackend backend, DType dtype, ReadOnlySpan<int> labels, int nullClass, long length, SamplerOptions options)
         {
-            this.model = model;
+            Backend = backend;
+            this.labels = labels.ToArray();
+            bool guidance = options.CfgScale > 1;
+            doubledLabels = guidance ? [.. this.labels, .. Enumerable.Repeat(nullClass, labels.Length)] : [];
             this.length = length;
-            long size = Guidance ? 2 * length : length;
-            input = Backend.Allocate(model.DType, size);
+            long size = guidance ? 2 * length : length;
+            Input = backend.Allocate(dtype, size);
             try
             {
-                output = Backend.Allocate(model.DType, size);
+                Output = backend.Allocate(dtype, size);
             }
             catch
             {
-                input.Dispose();
+                Input.Dispose();
                 throw;
             }
         }
 
-        public override DeviceBuffer Evaluate(DeviceBuffer x, double t, bool guided)
+        public IBackend Backend { get; }
+
+        /// <summary>The model's input and output buffers, in its dtype.</summary>
+        protected DeviceBuffer Input { get; }
+
+        protected DeviceBuffer Output { get; }
+
+        /// <summary>The model output at (x, t), guided or not; the buffer is reused by the next call.</summary>
+        public DeviceBuffer Evaluate(DeviceBuffer x, double t, bool guided)
         {
-            // Rounded as REPA casts x to the latents' dtype; both halves of the doubled batch are the same values.
-            Backend.Convert(x, input, length);
-            if (guided) Backend.Copy(input, 0, input, length, length);
-            model.Run(input, t, guided ? DoubledLabels : Labels, output);
-            return output;
+            Backend.Convert(x, Input, length);
+            if (guided) Backend.Copy(Input, 0, Input, length, length);
+            Run(t, guided ? doubledLabels : labels, guided ? 2 * length : length);
+            return Output;
         }
 
-        public override void Dispose()
+        /// <summary>Output[..count] = the model on Input[..count] (labels.Length samples) at time t.</summary>
+        protected abstract void Run(double t, int[] labels, long count);
+
+        public void Dispose()
         {
-            input.Dispose();
-            output.Dispose();
+            Input.Dispose();
+            Output.Dispose();
         }
+    }
+
+    /// <summary>A <see cref="VelocityModel"/> on float64 spans of the CPU backend's buffers.</summary>
+    private sealed class HostModel(VelocityModel model, ReadOnlySpan<int> labels, int nullClass, long length, SamplerOptions options)
+        : StepModel(CpuBackend.Default, DType.F64, labels, nullClass, length, options)
+    {
+        protected override void Run(double t, int[] labels, long count) =>
+            model(((CpuBuffer)Input).AsSpan<double>()[..(int)count], t, labels, ((CpuBuffer)Output).AsSpan<double>()[..(int)count]);
+    }
+
+    /// <summary>A network on its backend, in its dtype.</summary>
+    private sealed class NetworkModel(BatchedModel model, ReadOnlySpan<int> labels, int nullClass, long length, SamplerOptions options)
+        : StepModel(model.Backend, model.DType, labels, nullClass, length, options)
+    {
+        protected override void Run(double t, int[] labels, long count) => model.Run(Input, t, labels, Output);
     }
 }
