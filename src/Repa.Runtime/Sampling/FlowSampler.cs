@@ -8,7 +8,8 @@ namespace Repa.Runtime.Sampling;
 /// A velocity model seen by the samplers: for a batch of states <paramref name="x"/> (n samples of equal size, flat,
 /// float64), one time <paramref name="t"/> shared by the batch and n class labels (num_classes = the null class), writes
 /// the model output for every sample into <paramref name="output"/> (n samples of the same flat size for a velocity).
-/// Tests plug closed forms in here; <see cref="BatchedModel"/> runs a network.
+/// Tests plug closed forms in here; a network runs through the <see cref="BatchedModel"/> overloads of the samplers
+/// (or <see cref="BatchedModel.AsVelocityModel"/>, which goes through the host).
 /// </summary>
 public delegate void VelocityModel(ReadOnlySpan<double> x, double t, ReadOnlySpan<int> labels, Span<double> output);
 
@@ -89,6 +90,12 @@ public readonly record struct SamplerProgress(int Step, int Steps, double Time);
 /// t_cur also deciding the Heun evaluation at t_next): the model runs on [x; x] with labels [y; null] and the result is
 /// uncond + scale (cond - uncond), on the velocity (ODE) or on the drift (SDE), over all channels.</item>
 /// </list>
+/// Execution: every update is one <see cref="IBackend.FlowStep"/> per model evaluation (the guided combine, the drift, the
+/// update and the SDE's noise fused), in float64, on the backend that holds the state: the CPU backend for a
+/// <see cref="VelocityModel"/> (its reference implementation, so the results are REPA's float64 loops written out), the
+/// model's own backend for a <see cref="BatchedModel"/>, where the state stays on the device from the first step to the
+/// last (converted there to the model's dtype for each call). On CUDA the noise is drawn in the kernel and equals
+/// Philox.Normal up to the last ulp of the device's log/sincos; every other operation is bit for bit the CPU's.
 /// Randomness: Philox keyed by <see cref="SamplerOptions.Seed"/>; the initial noise is stream
 /// <see cref="NoiseStream"/>(0) and SDE step i (0-based) uses stream NoiseStream(i + 1), each at element offset
 /// sample index x sample size. A sample's draws therefore depend only on (seed, its global index), never on how the
