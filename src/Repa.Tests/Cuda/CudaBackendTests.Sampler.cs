@@ -7,7 +7,7 @@ namespace Repa.Tests.Cuda;
 /// <summary>
 /// The sampler family (kernels/sampler.cu) against the CPU backend's reference: every update (Euler saving its
 /// direction, the SDE's deterministic last step, Heun, Euler-Maruyama), guided and unguided, ODE velocity and SDE drift
-/// on both paths, float32 and bfloat16 model outputs, on lengths that do not fill a launch (1, 7, 1001) or turn its
+/// on both paths, float32, bfloat16 and float64 model outputs, on lengths that do not fill a launch (1, 7, 1001) or turn its
 /// grid-stride loop, with noise offsets that start mid Philox block. Everything but the noise is bit for bit; the noise
 /// is Philox.Normal up to the device's log/sincos (measured below).
 /// </summary>
@@ -40,7 +40,7 @@ public abstract partial class CudaBackendTests
             ("cosine drift", FlowSampler.Drift("cosine", 0.37)),
         };
         foreach (long n in new long[] { 1, 7, 1001 })
-            foreach (var dtype in new[] { DType.F32, DType.BF16 })
+            foreach (var dtype in new[] { DType.F32, DType.BF16, DType.F64 })
                 foreach (var guided in new[] { false, true })
                     foreach (var (name, drift) in drifts)
                         yield return new TestCaseData(n, dtype, guided, drift).SetArgDisplayNames($"n={n}", dtype.Name(), guided ? "guided" : "unguided", name);
@@ -71,6 +71,11 @@ public abstract partial class CudaBackendTests
         var sde = new FlowStepCoefficients(FlowUpdate.EulerMaruyama, -0.0625) { GuidanceScale = scale, Drift = drift, Noise = noise };
         Eq.Run((be, on) => be.FlowStep(sde, on(x), on(output), null, on(x), n));
         Eq.AssertClose(x, NoiseTolerance, "Euler-Maruyama step");
+
+        // The SDE's last step and a plain ODE step: Euler in place, no direction saved, from the same state on both.
+        Eq.Reference.Upload<double>(BackendEquivalence.Read(x.Candidate), x.Reference);
+        Eq.Run((be, on) => be.FlowStep(euler with { Dt = -0.04 }, on(x), on(output), null, on(x), n));
+        Eq.AssertClose(x, Tolerance.Bits, "Euler step in place");
     }
 
     /// <summary>The noise alone (x = 0, output 0, dt = 0, scale 1, sqrt|dt| = 1 gives x' = eps exactly) against Philox.Normal.</summary>
