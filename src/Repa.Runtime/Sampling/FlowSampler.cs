@@ -180,7 +180,8 @@ public static class FlowSampler
 
     /// <summary>
     /// Draws <paramref name="labels"/>.Length samples of <paramref name="sampleSize"/> values each: initial noise from
-    /// the seed, then <see cref="Run(VelocityModel, Span{double}, ReadOnlySpan{int}, int, SamplerOptions, long, Action{SamplerProgress})"/>. <paramref name="firstSample"/> is the global index of the first one.
+    /// the seed, then <see cref="Run(VelocityModel, Span{double}, ReadOnlySpan{int}, int, SamplerOptions, long, Action{SamplerProgress})"/>.
+    /// <paramref name="firstSample"/> is the global index of the first one.
     /// </summary>
     public static double[] Sample(VelocityModel model, ReadOnlySpan<int> labels, int nullClass, int sampleSize, SamplerOptions options,
         long firstSample = 0, Action<SamplerProgress>? progress = null)

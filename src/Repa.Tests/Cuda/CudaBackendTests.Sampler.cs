@@ -120,4 +120,32 @@ public abstract partial class CudaBackendTests
         Assert.That(Assert.Throws<ArgumentException>(() => Cuda.FlowStep(euler, x, f32, null, host, 8))!.Message, Does.Contain("does not belong to this cuda backend"));
         Assert.That(Cuda.Supports(DType.F64), Is.False, "float64 is storage and the sampler's state, not a compute dtype");
     }
+
+    /// <summary>
+    /// float64 buffers outside the sampler step and the memory ops: every other family refuses them with a
+    /// NotSupportedException of one sentence naming float64 (the backend's convention for dtypes an op does not compute in).
+    /// </summary>
+    [Test]
+    public void Float64IsRefusedOutsideTheSamplerInOneSentence()
+    {
+        using var d = Cuda.Allocate(DType.F64, 64);
+        using var f = Cuda.Allocate(DType.F32, 64);
+        var calls = new (string Op, Action Call)[]
+        {
+            ("gelu", () => Cuda.ActivationForward(Activation.Gelu, d, d, 8)),
+            ("axpby", () => Cuda.Axpby(d, d, 8, 1, 1)),
+            ("gemm", () => Cuda.Gemm(false, false, 2, 2, 2, 1, d, 0, 2, 0, d, 0, 2, 0, 0, d, 0, 2, 0)),
+            ("layer norm", () => Cuda.LayerNormForward(d, null, null, null, null, d, f, f, 2, 4, 1, 1e-5)),
+            ("mse", () => Cuda.MseForward(d, d, f, 2, 4)),
+            ("sum of squares", () => Cuda.SumOfSquares(d, 8)),
+            ("attention", () => Cuda.AttentionForward(d, d, d, 1, 2, 1, 8, 1.0)),
+        };
+        foreach (var (op, call) in calls)
+        {
+            var e = Assert.Catch(() => call(), op)!;
+            TestContext.Out.WriteLine($"{op}: {e.GetType().Name}: {e.Message}");
+            Assert.That(e, Is.InstanceOf<NotSupportedException>(), $"{op}: a dtype the op does not compute in, as on the CPU backend");
+            Assert.That(e.Message, Does.StartWith("cuda").And.Contain("float64").And.EndWith("."), op);
+        }
+    }
 }
