@@ -12,8 +12,8 @@ namespace Repa.Kernels.Cuda;
 /// unchanged against the real driver (<see cref="Create"/>) or the CPU emulator librepa_cuda_emu.so
 /// (<see cref="CreateEmulated"/>), which exports the same C entry points. Op families live in partial files next to
 /// this one (CudaBackend.Gemm.cs, CudaBackend.Elementwise.cs, ...). Buffers hold every <see cref="DType"/>; the ops
-/// compute in float32 and bfloat16 (float32 accumulation), float16 and float64 are storage for
-/// Upload/Download/Copy/Fill/Convert only. Use one backend from one thread at a time (like a CUDA stream).
+/// compute in float32 and bfloat16 (float32 accumulation), float16 is storage for Upload/Download/Copy/Fill/Convert
+/// only, and float64 is that plus the samplers' state (<see cref="FlowStep"/>, the one op computing in it). Use one backend from one thread at a time (like a CUDA stream).
 /// </summary>
 public sealed unsafe partial class CudaBackend : IBackend
 {
@@ -175,7 +175,8 @@ public sealed unsafe partial class CudaBackend : IBackend
     public long AllocationCount => Interlocked.Read(ref allocations);
 
     /// <summary>float32 and bfloat16 (fp32 accumulation), and int32 for ids and copies. float16 and float64 buffers can
-    /// be allocated, filled, copied and converted, but no op computes in them.</summary>
+    /// be allocated, filled, copied and converted; only the sampler step computes in float64 (its state), so float64
+    /// is not a dtype to build tensors of ops in.</summary>
     public bool Supports(DType dtype) => dtype is DType.F32 or DType.BF16 or DType.I32;
 
     // ---- context, errors ------------------------------------------------------------------------------------------
