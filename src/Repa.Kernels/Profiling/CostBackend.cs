@@ -488,6 +488,20 @@ public sealed class CostBackend : IBackend
         Record("embed", "TimestepEmbeddingBackward", "", 1, 12.0 * count * dim, ComputeUnit.Memory, T(t, count), T(dy, count * dim), T(dt, ReadWrite(count)));
     }
 
+    // ---- sampler -------------------------------------------------------------------------------------------------
+
+    /// <summary>kernels/sampler.cu's flow_step: x (fp64) and the model output (both halves under guidance) read, the
+    /// destination written, Euler's saved direction written or Heun's read; a few fp64 operations per element.</summary>
+    public void FlowStep(in FlowStepCoefficients step, DeviceBuffer x, DeviceBuffer modelOutput, DeviceBuffer? direction,
+        DeviceBuffer destination, long n)
+    {
+        step.Validate(x, modelOutput, direction, destination, n);
+        if (n == 0) return;
+        long outputs = step.GuidanceScale.HasValue ? 2 * n : n;
+        Record("sampler", $"FlowStep ({step.Update})", "", 1, (step.GuidanceScale.HasValue ? 10.0 : 6.0) * n, ComputeUnit.Memory,
+            T(x, n), T(modelOutput, outputs), T(direction, n, step.Update is FlowUpdate.Euler or FlowUpdate.Heun), T(destination, n));
+    }
+
     // ---- optim ---------------------------------------------------------------------------------------------------
 
     /// <summary>Records the partial and finishing kernels and the read-back of one double; returns 0.</summary>

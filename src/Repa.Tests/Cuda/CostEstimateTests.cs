@@ -134,6 +134,20 @@ public sealed class CostEstimateTests
     }
 
     [Test]
+    public void FlowStepReadsTheStateAndBothGuidedHalves()
+    {
+        using var backend = new CostBackend();
+        const int n = 10;
+        var x = backend.Allocate(DType.F64, n);
+        var output = backend.Allocate(DType.BF16, 2 * n);
+        var direction = backend.Allocate(DType.F64, n);
+        backend.FlowStep(new FlowStepCoefficients(FlowUpdate.Euler, 0.1) { GuidanceScale = 1.5 }, x, output, direction, x, n);
+        var call = backend.Calls.Single();
+        Assert.That((call.Family, call.Launches), Is.EqualTo(("sampler", 1)));
+        Assert.That(call.Bytes, Is.EqualTo(n * 8 + 2 * n * 2 + n * 8 + n * 8), "x and both halves read, the direction and the destination written");
+    }
+
+    [Test]
     public void DownloadsAreZerosAndNothingIsComputed()
     {
         using var backend = new CostBackend();
