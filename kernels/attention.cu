@@ -17,6 +17,7 @@
 // stride 128 floats); a dot product is 4 partial dots joined by two shuffles.
 // Launch (every kernel): block (128, 1, 1), grid (ceil(tokens / 32), min(batch * heads, 65535)); grid.y strides over
 // the pairs. head_dim <= 128.
+// Tensor-core forward (attention_forward_mma_bf16, _bf16_f32; bf16 qkv only, sm_80+): see forward_mma below.
 // Backward: attention_backward_query first (dQ, and Di into the fp32 scratch delta [N, heads, T]), then
 // attention_backward_key (dK, dV; reads delta). Each dQ/dK/dV row is written by the one block that owns it.
 #include "common.cuh"
@@ -332,6 +333,246 @@ REPA_DEVICE void backward_key(const T* qkv, const T* d_output, const L* lse, con
     }
 }
 
+// ---- tensor-core forward -------------------------------------------------------------------------------------------
+// A block of 4 warps owns 64 queries of one (batch, head) pair, 16 per warp (one MMA row tile). Each warp keeps its
+// Q tile as bf16 A fragments (common.cuh's mma_bf16_m16n8k16 layout) for the whole pass. Key tiles of 64 keys stream
+// through shared memory: K row-major (a B fragment of S = Q K^T is two consecutive features of one key: one 32-bit
+// load) and V transposed (V^T[feature][key], so that a B fragment of O += P V is two consecutive keys of one feature).
+// Per key tile a warp computes S (16 x 64, fp32, 8 n-tiles x head_dim / 16 k-steps of MMA), the online softmax in fp32
+// (base 2: scores pre-multiplied by scale log2 e), then O (16 x head_dim, fp32 accumulators in registers) += P V with P
+// rounded to bf16 straight from the S accumulators (a lane's C fragments of two adjacent key n-tiles are its A fragment
+// over those 16 keys). The row sums add the fp32 probabilities (before rounding), and lse = ln 2 (max + log2 sum).
+// head_dim: any up to 128. The QK^T k-dimension is padded to a multiple of 16 with zeros (head_dim 72: 5 k-steps of
+// 16, the last half zeros); the PV n-dimension takes ceil(head_dim / 8) n-tiles of 8 features and features past
+// head_dim are computed from zeros and never stored. Keys past the tokens are zero rows with score -inf; queries past
+// the tokens are zero rows, computed and never stored.
+// Launch: block (128, 1, 1), grid (ceil(tokens / 64), min(batch * heads, 65535)); grid.y strides over the pairs.
+namespace mma {
+
+constexpr int warps = 4;
+constexpr int block_threads = 32 * warps;   // 128
+constexpr int query_tile = 16 * warps;      // 64 queries per block
+constexpr int key_tile = 64;                // keys per shared tile
+constexpr int key_ntiles = key_tile / 8;    // 8 n-tiles of S
+constexpr int max_ksteps = max_head_dim / 16; // 8 k-steps of QK^T
+constexpr int max_ntiles = max_head_dim / 8;  // 16 n-tiles of O
+// Shared rows padded by 4 words: a fragment load (8 rows g x 4 words t) hits 32 different banks when the row stride
+// is 4 mod 32 words.
+constexpr int key_words = max_head_dim / 2 + 4; // 68 words per K row (bf16 pairs of features)
+constexpr int value_words = key_tile / 2 + 4;   // 36 words per V^T row (bf16 pairs of keys)
+
+/// Two consecutive bf16 of a qkv row (features d, d + 1; zero past head_dim), as one b32 register.
+REPA_DEVICE unsigned int load_pair(const bf16* row, int d, int head_dim, bool aligned_pairs)
+{
+    if (aligned_pairs && d + 1 < head_dim)
+    {
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+        return *reinterpret_cast<const unsigned int*>(row + d);
+#else
+        unsigned int word;
+        __builtin_memcpy(&word, row + d, sizeof word);
+        return word;
+#endif
+    }
+    unsigned int low = d < head_dim ? row[d].bits : 0u;
+    unsigned int high = d + 1 < head_dim ? row[d + 1].bits : 0u;
+    return low | (high << 16);
+}
+
+/// Two consecutive 16-bit halves of shared memory (4-byte aligned) as one b32 register, the first in the low half.
+REPA_DEVICE unsigned int shared_pair(const unsigned short* p)
+{
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+    return *reinterpret_cast<const unsigned int*>(p);
+#else
+    unsigned int word; // memcpy: no type punning for g++'s aliasing rules
+    __builtin_memcpy(&word, p, sizeof word);
+    return word;
+#endif
+}
+
+REPA_DEVICE unsigned int low_half(unsigned int pair) { return pair & 0xffffu; }
+REPA_DEVICE unsigned int high_half(unsigned int pair) { return pair >> 16; }
+
+template <typename L>
+REPA_DEVICE void forward(const bf16* qkv, bf16* output, L* lse, int batch, int tokens, int heads, int head_dim,
+                         float scale)
+{
+    __shared__ unsigned int keys[key_tile * key_words];            // K[key][feature pair], 17 KiB
+    __shared__ __align__(16) unsigned short values_t[max_head_dim * value_words * 2]; // V^T[feature][key], 18 KiB
+    int width = heads * head_dim;
+    long long ld = 3LL * width;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, t = lane & 3;
+    int ksteps = (head_dim + 15) / 16, ntiles = (head_dim + 7) / 8;
+    int pairs_per_row = 8 * ksteps; // feature pairs of a padded K row
+    // 32-bit loads of feature pairs need even head_dim (then every pair starts at an even element) and a 4-byte
+    // aligned base.
+    bool aligned_pairs = (head_dim & 1) == 0 && (reinterpret_cast<unsigned long long>(qkv) & 3u) == 0;
+    const float log2e = 1.4426950408889634f;
+    float scale_log2 = scale * log2e;
+    const float negative_infinity = bits_float(0xff800000u);
+    long long pair_count = (long long)batch * heads;
+    for (long long pair = blockIdx.y; pair < pair_count; pair += gridDim.y)
+    {
+        int n = (int)(pair / heads), h = (int)(pair % heads);
+        const bf16* head = qkv + (long long)n * tokens * ld + (long long)h * head_dim;
+        int row0 = blockIdx.x * query_tile + 16 * warp; // this warp's first query
+        int row_g = row0 + g, row_g8 = row0 + g + 8;
+
+        // Q as A fragments: a[ks][0] = Q[g][16 ks + 2t ..], [1] = Q[g + 8][..], [2] = Q[g][16 ks + 2t + 8 ..], [3].
+        unsigned int q[max_ksteps][4];
+        REPA_UNROLL
+        for (int ks = 0; ks < max_ksteps; ++ks)
+        {
+            if (ks >= ksteps) continue; // (continue, not break: the loop stays fully unrolled)
+            int d = 16 * ks + 2 * t;
+            const bf16* qg = head + (long long)row_g * ld;
+            const bf16* qg8 = head + (long long)row_g8 * ld;
+            q[ks][0] = row_g < tokens ? load_pair(qg, d, head_dim, aligned_pairs) : 0u;
+            q[ks][1] = row_g8 < tokens ? load_pair(qg8, d, head_dim, aligned_pairs) : 0u;
+            q[ks][2] = row_g < tokens ? load_pair(qg, d + 8, head_dim, aligned_pairs) : 0u;
+            q[ks][3] = row_g8 < tokens ? load_pair(qg8, d + 8, head_dim, aligned_pairs) : 0u;
+        }
+        float o[max_ntiles][4];
+        REPA_UNROLL
+        for (int nt = 0; nt < max_ntiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+        // Running statistics of rows g and g + 8 (base 2). The sums are this lane's share (its columns); the 4 lanes of
+        // a row add theirs at the end.
+        float max_g = negative_infinity, max_g8 = negative_infinity, sum_g = 0.0f, sum_g8 = 0.0f;
+
+        for (int first = 0; first < tokens; first += key_tile)
+        {
+            __syncthreads(); // the previous tile's readers are done
+            for (int i = threadIdx.x; i < key_tile * pairs_per_row; i += block_threads)
+            {
+                int r = i / pairs_per_row, c = i % pairs_per_row, s = first + r;
+                const bf16* key_row = head + width + (long long)s * ld;
+                unsigned int kp = 0u, vp = 0u;
+                if (s < tokens)
+                {
+                    kp = load_pair(key_row, 2 * c, head_dim, aligned_pairs);
+                    vp = load_pair(key_row + width, 2 * c, head_dim, aligned_pairs);
+                }
+                keys[r * key_words + c] = kp;
+                values_t[(2 * c) * (2 * value_words) + r] = (unsigned short)low_half(vp);
+                values_t[(2 * c + 1) * (2 * value_words) + r] = (unsigned short)high_half(vp);
+            }
+            __syncthreads();
+
+            // S = Q K^T for this warp's 16 queries and the tile's keys (n-tiles wholly past the tokens skipped: the
+            // condition is the same for every lane of the warp).
+            float s[key_ntiles][4];
+            REPA_UNROLL
+            for (int kt = 0; kt < key_ntiles; ++kt)
+            {
+                s[kt][0] = s[kt][1] = s[kt][2] = s[kt][3] = 0.0f;
+                if (first + 8 * kt >= tokens) continue;
+                const unsigned int* key_g = keys + (8 * kt + g) * key_words;
+                REPA_UNROLL
+                for (int ks = 0; ks < max_ksteps; ++ks)
+                {
+                    if (ks >= ksteps) continue;
+                    unsigned int b[2] = {key_g[8 * ks + t], key_g[8 * ks + 4 + t]};
+                    mma_bf16_m16n8k16(s[kt], q[ks], b, s[kt]);
+                }
+            }
+
+            // Online softmax: scale to base 2, mask keys past the tokens, new running maxima (finite: every tile has
+            // a key), rescale what was accumulated.
+            float tile_max_g = negative_infinity, tile_max_g8 = negative_infinity;
+            REPA_UNROLL
+            for (int kt = 0; kt < key_ntiles; ++kt)
+            {
+                REPA_UNROLL
+                for (int i = 0; i < 4; ++i)
+                {
+                    int key = first + 8 * kt + 2 * t + (i & 1);
+                    s[kt][i] = key < tokens ? s[kt][i] * scale_log2 : negative_infinity;
+                }
+                tile_max_g = fmaxf(tile_max_g, fmaxf(s[kt][0], s[kt][1]));
+                tile_max_g8 = fmaxf(tile_max_g8, fmaxf(s[kt][2], s[kt][3]));
+            }
+            tile_max_g = fmaxf(tile_max_g, __shfl_xor_sync(full_warp, tile_max_g, 1));
+            tile_max_g = fmaxf(tile_max_g, __shfl_xor_sync(full_warp, tile_max_g, 2));
+            tile_max_g8 = fmaxf(tile_max_g8, __shfl_xor_sync(full_warp, tile_max_g8, 1));
+            tile_max_g8 = fmaxf(tile_max_g8, __shfl_xor_sync(full_warp, tile_max_g8, 2));
+            float new_max_g = fmaxf(max_g, tile_max_g), new_max_g8 = fmaxf(max_g8, tile_max_g8);
+            float correction_g = exp2f(max_g - new_max_g), correction_g8 = exp2f(max_g8 - new_max_g8);
+            max_g = new_max_g;
+            max_g8 = new_max_g8;
+            sum_g *= correction_g;
+            sum_g8 *= correction_g8;
+            REPA_UNROLL
+            for (int nt = 0; nt < max_ntiles; ++nt)
+            {
+                o[nt][0] *= correction_g;
+                o[nt][1] *= correction_g;
+                o[nt][2] *= correction_g8;
+                o[nt][3] *= correction_g8;
+            }
+            REPA_UNROLL
+            for (int kt = 0; kt < key_ntiles; ++kt)
+            {
+                s[kt][0] = exp2f(s[kt][0] - max_g); // 0 for the masked keys
+                s[kt][1] = exp2f(s[kt][1] - max_g);
+                s[kt][2] = exp2f(s[kt][2] - max_g8);
+                s[kt][3] = exp2f(s[kt][3] - max_g8);
+                sum_g += s[kt][0] + s[kt][1];
+                sum_g8 += s[kt][2] + s[kt][3];
+            }
+
+            // O += P V over the tile's keys, 16 at a time: P's A fragment is the C fragments of key n-tiles 2kk and
+            // 2kk + 1 rounded to bf16 pairs; V^T rows give the B fragments.
+            REPA_UNROLL
+            for (int kk = 0; kk < key_ntiles / 2; ++kk)
+            {
+                if (first + 16 * kk >= tokens) continue;
+                unsigned int p[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                                     pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                     pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                REPA_UNROLL
+                for (int nt = 0; nt < max_ntiles; ++nt)
+                {
+                    if (nt >= ntiles) continue;
+                    const unsigned short* value_g = values_t + (8 * nt + g) * (2 * value_words);
+                    unsigned int b[2] = {shared_pair(value_g + 16 * kk + 2 * t), shared_pair(value_g + 16 * kk + 8 + 2 * t)};
+                    mma_bf16_m16n8k16(o[nt], p, b, o[nt]);
+                }
+            }
+        }
+
+        sum_g += __shfl_xor_sync(full_warp, sum_g, 1);
+        sum_g += __shfl_xor_sync(full_warp, sum_g, 2);
+        sum_g8 += __shfl_xor_sync(full_warp, sum_g8, 1);
+        sum_g8 += __shfl_xor_sync(full_warp, sum_g8, 2);
+        float inverse_g = 1.0f / sum_g, inverse_g8 = 1.0f / sum_g8;
+        bf16* out_g = output + ((long long)n * tokens + row_g) * width + (long long)h * head_dim;
+        bf16* out_g8 = out_g + 8LL * width;
+        REPA_UNROLL
+        for (int nt = 0; nt < max_ntiles; ++nt)
+        {
+            if (nt >= ntiles) continue;
+            int d = 8 * nt + 2 * t;
+            if (row_g < tokens)
+            {
+                if (d < head_dim) out_g[d] = from_float<bf16>(o[nt][0] * inverse_g);
+                if (d + 1 < head_dim) out_g[d + 1] = from_float<bf16>(o[nt][1] * inverse_g);
+            }
+            if (row_g8 < tokens)
+            {
+                if (d < head_dim) out_g8[d] = from_float<bf16>(o[nt][2] * inverse_g8);
+                if (d + 1 < head_dim) out_g8[d + 1] = from_float<bf16>(o[nt][3] * inverse_g8);
+            }
+        }
+        const float ln2 = 0.6931471805599453f;
+        if (t == 0 && row_g < tokens) lse[pair * tokens + row_g] = from_float<L>(ln2 * (max_g + log2f(sum_g)));
+        if (t == 0 && row_g8 < tokens) lse[pair * tokens + row_g8] = from_float<L>(ln2 * (max_g8 + log2f(sum_g8)));
+    }
+}
+
+} // namespace mma
+
 } // namespace attention
 } // namespace repa
 
@@ -411,3 +652,18 @@ extern "C" __global__ void attention_backward_key_bf16_f32(const bf16* qkv, cons
                                                scale);
 }
 REPA_KERNEL(attention_backward_key_bf16_f32);
+
+
+extern "C" __global__ void attention_forward_mma_bf16(const bf16* qkv, bf16* output, bf16* lse, int batch, int tokens,
+                                                      int heads, int head_dim, float scale)
+{
+    repa::attention::mma::forward<bf16>(qkv, output, lse, batch, tokens, heads, head_dim, scale);
+}
+REPA_KERNEL(attention_forward_mma_bf16);
+
+extern "C" __global__ void attention_forward_mma_bf16_f32(const bf16* qkv, bf16* output, float* lse, int batch,
+                                                          int tokens, int heads, int head_dim, float scale)
+{
+    repa::attention::mma::forward<float>(qkv, output, lse, batch, tokens, heads, head_dim, scale);
+}
+REPA_KERNEL(attention_forward_mma_bf16_f32);

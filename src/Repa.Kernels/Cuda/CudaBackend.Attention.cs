@@ -4,7 +4,8 @@ namespace Repa.Kernels.Cuda;
 /// Fused multi-head attention (kernels/attention.cu), flash-attention style: the forward keeps only the output and the
 /// per-row log-sum-exp, the backward recomputes the probabilities from them. qkv, output, dOutput and dQkv are all
 /// float32 or all bfloat16; logSumExp is float32, or bfloat16 alongside bfloat16 activations. Softmax statistics and
-/// every sum are float32. Head dims up to 128.
+/// every sum are float32. Head dims up to 128. The bfloat16 forward runs on the tensor cores (bf16 mma.sync, sm_80+;
+/// the probabilities are rounded to bfloat16 before the product with V), everything else on CUDA cores.
 /// </summary>
 public sealed unsafe partial class CudaBackend
 {
@@ -12,6 +13,15 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>Rows (queries or keys) per block of kernels/attention.cu, and its threads per block.</summary>
     private const int AttentionTile = 32, AttentionThreads = 128;
+
+    /// <summary>Queries per block of the tensor-core forward (4 warps of 16).</summary>
+    private const int AttentionMmaQueries = 64;
+
+    /// <summary>
+    /// Whether the bfloat16 forward takes the tensor-core kernel (attention_forward_mma_*; the default) rather than the
+    /// CUDA-core one. The tests turn it off to hold the CUDA-core bfloat16 forward against the CPU as well.
+    /// </summary>
+    internal bool TensorCoreAttention { get; set; } = true;
 
     /// <summary>The largest head dim kernels/attention.cu holds in registers.</summary>
     public const int AttentionMaxHeadDim = 128;
@@ -21,7 +31,11 @@ public sealed unsafe partial class CudaBackend
         string suffix = CheckAttention("attention forward", qkv, output, logSumExp, null, null, batch, tokens, heads, headDim);
         if ((long)batch * tokens * heads * headDim == 0) return;
         Enter();
-        Launch(Function(AttentionKernels, $"attention_forward_{suffix}"), AttentionShape(batch, tokens, heads),
+        bool tensorCores = TensorCoreAttention && qkv.DType == DType.BF16;
+        var shape = tensorCores
+            ? new LaunchShape((uint)((tokens + AttentionMmaQueries - 1) / AttentionMmaQueries), (uint)Math.Min((long)batch * heads, 65535), AttentionThreads, 1)
+            : AttentionShape(batch, tokens, heads);
+        Launch(Function(AttentionKernels, tensorCores ? $"attention_forward_mma_{suffix}" : $"attention_forward_{suffix}"), shape,
             Address(qkv), Address(output), Address(logSumExp), batch, tokens, heads, headDim, (float)scale);
     }
 
