@@ -17,7 +17,8 @@
 // stride 128 floats); a dot product is 4 partial dots joined by two shuffles.
 // Launch (every kernel): block (128, 1, 1), grid (ceil(tokens / 32), min(batch * heads, 65535)); grid.y strides over
 // the pairs. head_dim <= 128.
-// Tensor-core forward (attention_forward_mma_bf16, _bf16_f32; bf16 qkv only, sm_80+): see forward_mma below.
+// Tensor cores (bf16 qkv only, sm_80+): attention_forward_mma_bf16(_f32) for any head_dim <= 128 and
+// attention_backward_{query,key}_mma_bf16(_f32) for head_dim <= 80, in namespace mma below.
 // Backward: attention_backward_query first (dQ, and Di into the fp32 scratch delta [N, heads, T]), then
 // attention_backward_key (dK, dV; reads delta). Each dQ/dK/dV row is written by the one block that owns it.
 #include "common.cuh"
@@ -571,6 +572,303 @@ REPA_DEVICE void forward(const bf16* qkv, bf16* output, L* lse, int batch, int t
     }
 }
 
+// ---- tensor-core backward ------------------------------------------------------------------------------------------
+// The CUDA-core backward's two passes and contract (delta = Di in an fp32 scratch, each dQ / dK / dV row written by the
+// one block that owns it, no atomics: deterministic), with every tile product on the tensor cores. head_dim <= 80
+// (SiT-XL's 72, and 64): the key pass keeps K and V fragments and the dK and dV accumulators of 16 rows in registers,
+// which for 128 would spill; larger head dims take the CUDA-core backward. Blocks of 4 warps own 64 rows (16 per warp);
+// the other operand streams through shared memory in tiles of 32 rows, each both row-major (B fragments over features)
+// and transposed (B fragments over rows), rows padded so that fragment loads are free of bank conflicts.
+// Rounded to bf16 for the MMA, besides the bf16 inputs: P (for dV += P^T dO) and dS (for dQ += dS K, dK += dS^T Q);
+// P, dP, dS themselves are fp32 from fp32 products.
+constexpr int backward_max_head_dim = 80;
+constexpr int backward_ksteps = backward_max_head_dim / 16; // 5
+constexpr int backward_ntiles = backward_max_head_dim / 8;  // 10
+constexpr int backward_tile = 32;                           // rows of a shared tile
+constexpr int backward_tile_ntiles = backward_tile / 8;     // 4
+constexpr int row_words = backward_max_head_dim / 2 + 4;    // 44 words per row-major row (44 = 12 mod 32)
+constexpr int column_halves = backward_tile + 8;            // 40 halves (20 words, 20 mod 32) per transposed row
+
+/// Rows first .. first + 31 of a qkv / dO slice into a row-major tile of feature pairs and, when transposed is not
+/// null, into a transposed tile (feature-major). Zeros past the tokens and past head_dim (up to the padded width).
+REPA_DEVICE void load_backward_tile(unsigned int* rows, unsigned short* transposed, const bf16* base, long long ld,
+                                    int first, int tokens, int head_dim, bool aligned_pairs)
+{
+    int pairs_per_row = 8 * ((head_dim + 15) / 16);
+    for (int i = threadIdx.x; i < backward_tile * pairs_per_row; i += block_threads)
+    {
+        int r = i / pairs_per_row, c = i % pairs_per_row, row = first + r;
+        unsigned int pair = row < tokens ? load_pair(base + (long long)row * ld, 2 * c, head_dim, aligned_pairs) : 0u;
+        rows[r * row_words + c] = pair;
+        if (transposed)
+        {
+            transposed[(2 * c) * column_halves + r] = (unsigned short)low_half(pair);
+            transposed[(2 * c + 1) * column_halves + r] = (unsigned short)high_half(pair);
+        }
+    }
+}
+
+/// A fragments (16 rows from row0, features padded to 16) of a qkv / dO slice; zeros past the tokens.
+REPA_DEVICE void load_a_fragments(unsigned int (&a)[backward_ksteps][4], const bf16* base, long long ld, int row0,
+                                  int tokens, int head_dim, bool aligned_pairs)
+{
+    int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    int ksteps = (head_dim + 15) / 16;
+    const bf16* row_g = base + (long long)(row0 + g) * ld;
+    const bf16* row_g8 = row_g + 8 * ld;
+    bool live_g = row0 + g < tokens, live_g8 = row0 + g + 8 < tokens;
+    REPA_UNROLL
+    for (int ks = 0; ks < backward_ksteps; ++ks)
+    {
+        int d = 16 * ks + 2 * t;
+        bool used = ks < ksteps;
+        a[ks][0] = used && live_g ? load_pair(row_g, d, head_dim, aligned_pairs) : 0u;
+        a[ks][1] = used && live_g8 ? load_pair(row_g8, d, head_dim, aligned_pairs) : 0u;
+        a[ks][2] = used && live_g ? load_pair(row_g, d + 8, head_dim, aligned_pairs) : 0u;
+        a[ks][3] = used && live_g8 ? load_pair(row_g8, d + 8, head_dim, aligned_pairs) : 0u;
+    }
+}
+
+/// c[nt] = A (16 x head_dim, fragments a) times the 8-row n-tiles of a row-major shared tile, transposed: c = A R^T.
+REPA_DEVICE void product_with_rows(float (&c)[backward_tile_ntiles][4], const unsigned int (&a)[backward_ksteps][4],
+                                   const unsigned int* rows, int ksteps)
+{
+    int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    REPA_UNROLL
+    for (int nt = 0; nt < backward_tile_ntiles; ++nt)
+    {
+        c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
+        const unsigned int* row = rows + (8 * nt + g) * row_words;
+        REPA_UNROLL
+        for (int ks = 0; ks < backward_ksteps; ++ks)
+        {
+            if (ks >= ksteps) continue;
+            unsigned int b[2] = {row[8 * ks + t], row[8 * ks + 4 + t]};
+            mma_bf16_m16n8k16(c[nt], a[ks], b, c[nt]);
+        }
+    }
+}
+
+/// acc += X (16 x 32, fp32 C fragments rounded to bf16) times the 32 rows of a tile held transposed (feature-major).
+REPA_DEVICE void accumulate_times_rows(float (&acc)[backward_ntiles][4], const float (&x)[backward_tile_ntiles][4],
+                                       const unsigned short* transposed, int ntiles)
+{
+    int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    REPA_UNROLL
+    for (int kk = 0; kk < backward_tile_ntiles / 2; ++kk)
+    {
+        unsigned int a[4] = {pack_bf16x2(x[2 * kk][0], x[2 * kk][1]), pack_bf16x2(x[2 * kk][2], x[2 * kk][3]),
+                             pack_bf16x2(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                             pack_bf16x2(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+        REPA_UNROLL
+        for (int nt = 0; nt < backward_ntiles; ++nt)
+        {
+            if (nt >= ntiles) continue;
+            const unsigned short* column = transposed + (8 * nt + g) * column_halves;
+            unsigned int b[2] = {shared_pair(column + 16 * kk + 2 * t), shared_pair(column + 16 * kk + 8 + 2 * t)};
+            mma_bf16_m16n8k16(acc[nt], a, b, acc[nt]);
+        }
+    }
+}
+
+/// row[d], row[d + 1] += scale (v0, v1) for the features below head_dim (bf16 read, fp32 add, one rounding).
+REPA_DEVICE void add_pair(bf16* row, int d, int head_dim, float scale, float v0, float v1)
+{
+    if (d < head_dim) row[d] = from_float<bf16>(to_float(row[d]) + scale * v0);
+    if (d + 1 < head_dim) row[d + 1] = from_float<bf16>(to_float(row[d + 1]) + scale * v1);
+}
+
+/// dQ += scale dS K for this block's 64 queries; writes Di = dO . O into delta. Launch as the forward.
+template <typename L>
+REPA_DEVICE void backward_query(const bf16* qkv, const bf16* output, const bf16* d_output, const L* lse, bf16* d_qkv,
+                                float* delta, int batch, int tokens, int heads, int head_dim, float scale)
+{
+    __shared__ unsigned int keys[backward_tile * row_words];
+    __shared__ unsigned int values[backward_tile * row_words];
+    __shared__ __align__(16) unsigned short keys_t[backward_max_head_dim * column_halves];
+    int width = heads * head_dim;
+    long long ld = 3LL * width;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, t = lane & 3;
+    int ksteps = (head_dim + 15) / 16, ntiles = (head_dim + 7) / 8;
+    bool aligned_pairs = (head_dim & 1) == 0 && (reinterpret_cast<unsigned long long>(qkv) & 3u) == 0 &&
+                         (reinterpret_cast<unsigned long long>(d_output) & 3u) == 0 &&
+                         (reinterpret_cast<unsigned long long>(output) & 3u) == 0;
+    const float log2e = 1.4426950408889634f;
+    float scale_log2 = scale * log2e;
+    long long pair_count = (long long)batch * heads;
+    for (long long pair = blockIdx.y; pair < pair_count; pair += gridDim.y)
+    {
+        int n = (int)(pair / heads), h = (int)(pair % heads);
+        const bf16* head = qkv + (long long)n * tokens * ld + (long long)h * head_dim;
+        long long out_offset = (long long)n * tokens * width + (long long)h * head_dim;
+        int row0 = blockIdx.x * query_tile + 16 * warp;
+        int row_g = row0 + g, row_g8 = row0 + g + 8;
+        unsigned int q[backward_ksteps][4], d_o[backward_ksteps][4];
+        load_a_fragments(q, head, ld, row0, tokens, head_dim, aligned_pairs);
+        load_a_fragments(d_o, d_output + out_offset, width, row0, tokens, head_dim, aligned_pairs);
+        // Di of rows g and g + 8: this lane's features of dO (its A fragments) times the same features of O, then the
+        // 4 lanes of the row add.
+        float di_g = 0.0f, di_g8 = 0.0f;
+        {
+            const bf16* o_g = output + out_offset + (long long)row_g * width;
+            const bf16* o_g8 = o_g + 8LL * width;
+            REPA_UNROLL
+            for (int ks = 0; ks < backward_ksteps; ++ks)
+            {
+                if (ks >= ksteps) continue;
+                REPA_UNROLL
+                for (int half = 0; half < 2; ++half)
+                {
+                    int d = 16 * ks + 2 * t + 8 * half;
+                    unsigned int og = row_g < tokens ? load_pair(o_g, d, head_dim, aligned_pairs) : 0u;
+                    unsigned int og8 = row_g8 < tokens ? load_pair(o_g8, d, head_dim, aligned_pairs) : 0u;
+                    unsigned int dg = d_o[ks][2 * half], dg8 = d_o[ks][2 * half + 1];
+                    di_g += bf16_bits_to_float((unsigned short)low_half(dg)) * bf16_bits_to_float((unsigned short)low_half(og)) +
+                            bf16_bits_to_float((unsigned short)high_half(dg)) * bf16_bits_to_float((unsigned short)high_half(og));
+                    di_g8 += bf16_bits_to_float((unsigned short)low_half(dg8)) * bf16_bits_to_float((unsigned short)low_half(og8)) +
+                             bf16_bits_to_float((unsigned short)high_half(dg8)) * bf16_bits_to_float((unsigned short)high_half(og8));
+                }
+            }
+        }
+        di_g += __shfl_xor_sync(full_warp, di_g, 1);
+        di_g += __shfl_xor_sync(full_warp, di_g, 2);
+        di_g8 += __shfl_xor_sync(full_warp, di_g8, 1);
+        di_g8 += __shfl_xor_sync(full_warp, di_g8, 2);
+        if (t == 0 && row_g < tokens) delta[pair * tokens + row_g] = di_g;
+        if (t == 0 && row_g8 < tokens) delta[pair * tokens + row_g8] = di_g8;
+        float lse_g = row_g < tokens ? to_float(lse[pair * tokens + row_g]) * log2e : 0.0f;
+        float lse_g8 = row_g8 < tokens ? to_float(lse[pair * tokens + row_g8]) * log2e : 0.0f;
+
+        float dq[backward_ntiles][4];
+        REPA_UNROLL
+        for (int nt = 0; nt < backward_ntiles; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.0f;
+        for (int first = 0; first < tokens; first += backward_tile)
+        {
+            __syncthreads();
+            load_backward_tile(keys, keys_t, head + width, ld, first, tokens, head_dim, aligned_pairs);
+            load_backward_tile(values, nullptr, head + 2 * width, ld, first, tokens, head_dim, aligned_pairs);
+            __syncthreads();
+            float s[backward_tile_ntiles][4], dp[backward_tile_ntiles][4];
+            product_with_rows(s, q, keys, ksteps);
+            product_with_rows(dp, d_o, values, ksteps);
+            // dS = P (dP - Di), P = exp(scale S - lse) (base 2); 0 for the keys past the tokens.
+            REPA_UNROLL
+            for (int kt = 0; kt < backward_tile_ntiles; ++kt)
+            {
+                REPA_UNROLL
+                for (int i = 0; i < 4; ++i)
+                {
+                    int key = first + 8 * kt + 2 * t + (i & 1);
+                    float p = key < tokens ? exp2f(s[kt][i] * scale_log2 - (i < 2 ? lse_g : lse_g8)) : 0.0f;
+                    s[kt][i] = p * (dp[kt][i] - (i < 2 ? di_g : di_g8));
+                }
+            }
+            accumulate_times_rows(dq, s, keys_t, ntiles);
+        }
+        bf16* dq_g = d_qkv + (long long)n * tokens * ld + (long long)h * head_dim + (long long)row_g * ld;
+        bf16* dq_g8 = dq_g + 8 * ld;
+        REPA_UNROLL
+        for (int nt = 0; nt < backward_ntiles; ++nt)
+        {
+            if (nt >= ntiles) continue;
+            int d = 8 * nt + 2 * t;
+            if (row_g < tokens) add_pair(dq_g, d, head_dim, scale, dq[nt][0], dq[nt][1]);
+            if (row_g8 < tokens) add_pair(dq_g8, d, head_dim, scale, dq[nt][2], dq[nt][3]);
+        }
+    }
+}
+
+/// dK += scale dS^T Q and dV += P^T dO for this block's 64 keys, over every query (reads delta). Launch as the forward.
+template <typename L>
+REPA_DEVICE void backward_key(const bf16* qkv, const bf16* d_output, const L* lse, const float* delta, bf16* d_qkv,
+                              int batch, int tokens, int heads, int head_dim, float scale)
+{
+    __shared__ unsigned int queries[backward_tile * row_words];
+    __shared__ unsigned int d_outputs[backward_tile * row_words];
+    __shared__ __align__(16) unsigned short queries_t[backward_max_head_dim * column_halves];
+    __shared__ __align__(16) unsigned short d_outputs_t[backward_max_head_dim * column_halves];
+    __shared__ float lse_tile[backward_tile];
+    __shared__ float delta_tile[backward_tile];
+    int width = heads * head_dim;
+    long long ld = 3LL * width;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, t = lane & 3;
+    int ksteps = (head_dim + 15) / 16, ntiles = (head_dim + 7) / 8;
+    bool aligned_pairs = (head_dim & 1) == 0 && (reinterpret_cast<unsigned long long>(qkv) & 3u) == 0 &&
+                         (reinterpret_cast<unsigned long long>(d_output) & 3u) == 0;
+    const float log2e = 1.4426950408889634f;
+    float scale_log2 = scale * log2e;
+    long long pair_count = (long long)batch * heads;
+    for (long long pair = blockIdx.y; pair < pair_count; pair += gridDim.y)
+    {
+        int n = (int)(pair / heads), h = (int)(pair % heads);
+        const bf16* head = qkv + (long long)n * tokens * ld + (long long)h * head_dim;
+        const bf16* d_out_head = d_output + (long long)n * tokens * width + (long long)h * head_dim;
+        int row0 = blockIdx.x * query_tile + 16 * warp; // this warp's first key
+        int key_g = row0 + g, key_g8 = row0 + g + 8;
+        unsigned int k[backward_ksteps][4], v[backward_ksteps][4];
+        load_a_fragments(k, head + width, ld, row0, tokens, head_dim, aligned_pairs);
+        load_a_fragments(v, head + 2 * width, ld, row0, tokens, head_dim, aligned_pairs);
+        float dk[backward_ntiles][4], dv[backward_ntiles][4];
+        REPA_UNROLL
+        for (int nt = 0; nt < backward_ntiles; ++nt)
+        {
+            dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.0f;
+            dv[nt][0] = dv[nt][1] = dv[nt][2] = dv[nt][3] = 0.0f;
+        }
+        for (int first = 0; first < tokens; first += backward_tile)
+        {
+            __syncthreads();
+            load_backward_tile(queries, queries_t, head, ld, first, tokens, head_dim, aligned_pairs);
+            load_backward_tile(d_outputs, d_outputs_t, d_out_head, width, first, tokens, head_dim, aligned_pairs);
+            if (threadIdx.x < backward_tile)
+            {
+                int query = first + threadIdx.x;
+                lse_tile[threadIdx.x] = query < tokens ? to_float(lse[pair * tokens + query]) * log2e : 0.0f;
+                delta_tile[threadIdx.x] = query < tokens ? delta[pair * tokens + query] : 0.0f;
+            }
+            __syncthreads();
+            // S^T = K Q^T and dP^T = V dO^T: rows are this warp's keys, columns the tile's queries.
+            float s[backward_tile_ntiles][4], dp[backward_tile_ntiles][4];
+            product_with_rows(s, k, queries, ksteps);
+            product_with_rows(dp, v, d_outputs, ksteps);
+            REPA_UNROLL
+            for (int qt = 0; qt < backward_tile_ntiles; ++qt)
+            {
+                REPA_UNROLL
+                for (int i = 0; i < 4; ++i)
+                {
+                    int column = 8 * qt + 2 * t + (i & 1);
+                    float p = first + column < tokens ? exp2f(s[qt][i] * scale_log2 - lse_tile[column]) : 0.0f;
+                    s[qt][i] = p;                                     // P^T
+                    dp[qt][i] = p * (dp[qt][i] - delta_tile[column]); // dS^T
+                }
+            }
+            accumulate_times_rows(dv, s, d_outputs_t, ntiles);
+            accumulate_times_rows(dk, dp, queries_t, ntiles);
+        }
+        bf16* dk_g = d_qkv + (long long)n * tokens * ld + (long long)h * head_dim + width + (long long)key_g * ld;
+        bf16* dk_g8 = dk_g + 8 * ld;
+        REPA_UNROLL
+        for (int nt = 0; nt < backward_ntiles; ++nt)
+        {
+            if (nt >= ntiles) continue;
+            int d = 8 * nt + 2 * t;
+            if (key_g < tokens)
+            {
+                add_pair(dk_g, d, head_dim, scale, dk[nt][0], dk[nt][1]);
+                add_pair(dk_g + width, d, head_dim, 1.0f, dv[nt][0], dv[nt][1]);
+            }
+            if (key_g8 < tokens)
+            {
+                add_pair(dk_g8, d, head_dim, scale, dk[nt][2], dk[nt][3]);
+                add_pair(dk_g8 + width, d, head_dim, 1.0f, dv[nt][2], dv[nt][3]);
+            }
+        }
+    }
+}
+
 } // namespace mma
 
 } // namespace attention
@@ -667,3 +965,38 @@ extern "C" __global__ void attention_forward_mma_bf16_f32(const bf16* qkv, bf16*
     repa::attention::mma::forward<float>(qkv, output, lse, batch, tokens, heads, head_dim, scale);
 }
 REPA_KERNEL(attention_forward_mma_bf16_f32);
+
+extern "C" __global__ void attention_backward_query_mma_bf16(const bf16* qkv, const bf16* output, const bf16* d_output,
+                                                             const bf16* lse, bf16* d_qkv, float* delta, int batch,
+                                                             int tokens, int heads, int head_dim, float scale)
+{
+    repa::attention::mma::backward_query<bf16>(qkv, output, d_output, lse, d_qkv, delta, batch, tokens, heads,
+                                               head_dim, scale);
+}
+REPA_KERNEL(attention_backward_query_mma_bf16);
+
+extern "C" __global__ void attention_backward_key_mma_bf16(const bf16* qkv, const bf16* d_output, const bf16* lse,
+                                                           const float* delta, bf16* d_qkv, int batch, int tokens,
+                                                           int heads, int head_dim, float scale)
+{
+    repa::attention::mma::backward_key<bf16>(qkv, d_output, lse, delta, d_qkv, batch, tokens, heads, head_dim, scale);
+}
+REPA_KERNEL(attention_backward_key_mma_bf16);
+
+extern "C" __global__ void attention_backward_query_mma_bf16_f32(const bf16* qkv, const bf16* output,
+                                                                 const bf16* d_output, const float* lse, bf16* d_qkv,
+                                                                 float* delta, int batch, int tokens, int heads,
+                                                                 int head_dim, float scale)
+{
+    repa::attention::mma::backward_query<float>(qkv, output, d_output, lse, d_qkv, delta, batch, tokens, heads,
+                                                head_dim, scale);
+}
+REPA_KERNEL(attention_backward_query_mma_bf16_f32);
+
+extern "C" __global__ void attention_backward_key_mma_bf16_f32(const bf16* qkv, const bf16* d_output, const float* lse,
+                                                               const float* delta, bf16* d_qkv, int batch, int tokens,
+                                                               int heads, int head_dim, float scale)
+{
+    repa::attention::mma::backward_key<float>(qkv, d_output, lse, delta, d_qkv, batch, tokens, heads, head_dim, scale);
+}
+REPA_KERNEL(attention_backward_key_mma_bf16_f32);
