@@ -10,11 +10,11 @@
 // Variants: _f32 is fp32 throughout. _bf16: qkv, output, d_output and d_qkv are bf16 (loaded to fp32, stored rounded
 // once); lse bf16 too (what a bf16 autograd graph allocates). _bf16_f32: as _bf16 with lse in fp32 (more accurate
 // backward). Scores, probabilities, statistics and accumulators are fp32 in every variant.
-// Tiling (CUDA cores only, no tensor-core MMA in this version): a block of 128 threads owns 32 rows (queries in the
-// forward and the dQ pass, keys in the dK/dV pass) of one (batch, head) pair; 4 adjacent lanes share a row and each
-// holds a quarter of its head_dim features in registers, as float4 chunks interleaved so that the 4 lanes read 64
-// consecutive bytes of a shared row. The other operand streams through shared memory in tiles of 32 rows (fp32, row
-// stride 128 floats); a dot product is 4 partial dots joined by two shuffles.
+// Tiling of the CUDA-core kernels (fp32; bf16 where no mma kernel applies): a block of 128 threads owns 32 rows
+// (queries in the forward and the dQ pass, keys in the dK/dV pass) of one (batch, head) pair; 4 adjacent lanes share a
+// row and each holds a quarter of its head_dim features in registers, as float4 chunks interleaved so that the 4 lanes
+// read 64 consecutive bytes of a shared row. The other operand streams through shared memory in tiles of 32 rows
+// (fp32, row stride 128 floats); a dot product is 4 partial dots joined by two shuffles.
 // Launch (every kernel): block (128, 1, 1), grid (ceil(tokens / 32), min(batch * heads, 65535)); grid.y strides over
 // the pairs. head_dim <= 128.
 // Tensor cores (bf16 qkv only, sm_80+): attention_forward_mma_bf16(_f32) for any head_dim <= 128 and
@@ -537,7 +537,8 @@ REPA_DEVICE void forward(const bf16* qkv, bf16* output, L* lse, int batch, int t
                 {
                     if (nt >= ntiles) continue;
                     const unsigned short* value_g = values_t + (8 * nt + g) * (2 * value_words);
-                    unsigned int b[2] = {shared_pair(value_g + 16 * kk + 2 * t), shared_pair(value_g + 16 * kk + 8 + 2 * t)};
+                    unsigned int b[2] = {shared_pair(value_g + 16 * kk + 2 * t),
+                                         shared_pair(value_g + 16 * kk + 8 + 2 * t)};
                     mma_bf16_m16n8k16(o[nt], p, b, o[nt]);
                 }
             }
@@ -671,6 +672,13 @@ REPA_DEVICE void accumulate_times_rows(float (&acc)[backward_ntiles][4], const f
     }
 }
 
+/// The dot product of two bf16 pairs, in fp32.
+REPA_DEVICE float dot_bf16x2(unsigned int a, unsigned int b)
+{
+    return bf16_bits_to_float((unsigned short)low_half(a)) * bf16_bits_to_float((unsigned short)low_half(b)) +
+           bf16_bits_to_float((unsigned short)high_half(a)) * bf16_bits_to_float((unsigned short)high_half(b));
+}
+
 /// row[d], row[d + 1] += scale (v0, v1) for the features below head_dim (bf16 read, fp32 add, one rounding).
 REPA_DEVICE void add_pair(bf16* row, int d, int head_dim, float scale, float v0, float v1)
 {
@@ -723,11 +731,8 @@ REPA_DEVICE void backward_query(const bf16* qkv, const bf16* output, const bf16*
                     int d = 16 * ks + 2 * t + 8 * half;
                     unsigned int og = row_g < tokens ? load_pair(o_g, d, head_dim, aligned_pairs) : 0u;
                     unsigned int og8 = row_g8 < tokens ? load_pair(o_g8, d, head_dim, aligned_pairs) : 0u;
-                    unsigned int dg = d_o[ks][2 * half], dg8 = d_o[ks][2 * half + 1];
-                    di_g += bf16_bits_to_float((unsigned short)low_half(dg)) * bf16_bits_to_float((unsigned short)low_half(og)) +
-                            bf16_bits_to_float((unsigned short)high_half(dg)) * bf16_bits_to_float((unsigned short)high_half(og));
-                    di_g8 += bf16_bits_to_float((unsigned short)low_half(dg8)) * bf16_bits_to_float((unsigned short)low_half(og8)) +
-                             bf16_bits_to_float((unsigned short)high_half(dg8)) * bf16_bits_to_float((unsigned short)high_half(og8));
+                    di_g += dot_bf16x2(d_o[ks][2 * half], og);
+                    di_g8 += dot_bf16x2(d_o[ks][2 * half + 1], og8);
                 }
             }
         }

@@ -1,6 +1,6 @@
 // Test kernel for the warp-level tensor-core MMA of kernels/common.cuh (repa::mma_bf16_m16n8k16). Unlike
-// emu_test_kernels.cu it includes common.cuh, so it is built into the emulator only (emu_selftest launches it and checks
-// it in test_mma); NVRTC compiles the same MMA wherever kernels/attention.cu uses it.
+// emu_test_kernels.cu it includes common.cuh, so it is built into the emulator only (emu_selftest launches it and
+// checks it in test_mma); NVRTC compiles the same MMA wherever kernels/attention.cu uses it.
 #include "common.cuh"
 
 // Each warp of the block multiplies its own operands, given as raw per-lane fragments (4 + 2 b32 and 4 floats per lane,
