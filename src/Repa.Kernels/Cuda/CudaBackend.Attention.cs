@@ -38,7 +38,7 @@ public sealed unsafe partial class CudaBackend
         if ((long)batch * tokens * heads * headDim == 0) return;
         Enter();
         bool tensorCores = TensorCoreAttention && qkv.DType == DType.BF16;
-        var shape = tensorCores ? AttentionMmaShape(batch, tokens, heads) : AttentionShape(batch, tokens, heads);
+        var shape = AttentionShape(batch, tokens, heads, tensorCores);
         Launch(Function(AttentionKernels, tensorCores ? $"attention_forward_mma_{suffix}" : $"attention_forward_{suffix}"), shape,
             Address(qkv), Address(output), Address(logSumExp), batch, tokens, heads, headDim, (float)scale);
     }
@@ -49,7 +49,7 @@ public sealed unsafe partial class CudaBackend
         if ((long)batch * tokens * heads * headDim == 0) return;
         Enter();
         bool tensorCores = TensorCoreAttention && qkv.DType == DType.BF16 && headDim <= AttentionMmaBackwardMaxHeadDim;
-        var shape = tensorCores ? AttentionMmaShape(batch, tokens, heads) : AttentionShape(batch, tokens, heads);
+        var shape = AttentionShape(batch, tokens, heads, tensorCores);
         string kind = tensorCores ? "mma_" : "";
         // Di = rowsum(dO * O) per (pair, query): written by the dQ pass, read by the dK/dV pass (same stream, in order).
         using var delta = Allocate(DType.F32, (long)batch * heads * tokens);
@@ -59,13 +59,13 @@ public sealed unsafe partial class CudaBackend
             Address(logSumExp), Address(delta), Address(dQkv), batch, tokens, heads, headDim, (float)scale);
     }
 
-    /// <summary>One block per 32 rows of a (batch, head) pair; grid.y strides over the pairs beyond 65535.</summary>
-    private static LaunchShape AttentionShape(int batch, int tokens, int heads) =>
-        new((uint)((tokens + AttentionTile - 1) / AttentionTile), (uint)Math.Min((long)batch * heads, 65535), AttentionThreads, 1);
-
-    /// <summary>The tensor-core kernels: one block per 64 rows of a (batch, head) pair.</summary>
-    private static LaunchShape AttentionMmaShape(int batch, int tokens, int heads) =>
-        new((uint)((tokens + AttentionMmaRows - 1) / AttentionMmaRows), (uint)Math.Min((long)batch * heads, 65535), AttentionThreads, 1);
+    /// <summary>One block per 32 rows (the tensor-core kernels: 64) of a (batch, head) pair; grid.y strides over the
+    /// pairs beyond 65535.</summary>
+    private static LaunchShape AttentionShape(int batch, int tokens, int heads, bool tensorCores)
+    {
+        int rows = tensorCores ? AttentionMmaRows : AttentionTile;
+        return new((uint)((tokens + rows - 1) / rows), (uint)Math.Min((long)batch * heads, 65535), AttentionThreads, 1);
+    }
 
     /// <summary>Checks sizes and dtypes as the CPU backend does; returns the kernel suffix (f32, bf16, bf16_f32).</summary>
     private static string CheckAttention(string op, DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp,
