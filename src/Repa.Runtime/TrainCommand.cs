@@ -37,6 +37,7 @@ internal static class TrainCommand
                 Weighting: o.String("--weighting", "uniform", "uniform", "lognormal"), ProjCoeff: o.Double("--proj-coeff", 0.5, min: 0),
                 ProjLoss: o.String("--proj-loss", "cosine", "cosine", "ntxent")),
             ObjectiveKind = o.String("--objective", "sit", "sit", "ddpm"),
+            CudaGraph = o.String("--cuda-graph", "true", "true", "false") == "true",
         };
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
         string cacheFolder = o.String("--cache-dir", DefaultCacheFolder);
