@@ -321,6 +321,9 @@ public sealed unsafe partial class CudaBackend : IBackend
         }
     }
 
+    /// <summary>The CUstream everything of this backend is queued on (tests check its capture state).</summary>
+    internal nint Stream => stream;
+
     /// <summary>Whether a <see cref="Capture"/> is recording this backend's stream now.</summary>
     public bool IsCapturing => capturing;
 
