@@ -244,15 +244,19 @@ public sealed unsafe class CudaGraphTests
         string b = Path.Combine(Path.GetTempPath(), "repa-test-" + Guid.NewGuid().ToString("N"));
         try
         {
+            bool lastReplayed = false;
             IReadOnlyList<StepMetrics> RunTo(TrainOptions options)
             {
                 using var trainer = new Trainer(cuda, options, data, new CudaTrainingTests.FixedTargets(64, 24));
-                return trainer.Run(TextWriter.Null);
+                var history = trainer.Run(TextWriter.Null);
+                lastReplayed = trainer.LastStepReplayed;
+                return history;
             }
             // The resumed run's first step (3) is eager again (a fresh pool and tape), step 4 replays its graph.
             var straight = RunTo(Options(4, graph: false) with { OutputFolder = a });
             var firstHalf = RunTo(Options(2, graph: true) with { OutputFolder = b });
             var secondHalf = RunTo(Options(4, graph: true) with { OutputFolder = b, Resume = b });
+            Assert.That(lastReplayed, "the resumed run's last step replayed a graph");
             Assert.That(firstHalf.Concat(secondHalf).Select(m => (m.Step, m.Loss, m.GradNorm)),
                 Is.EqualTo(straight.Select(m => (m.Step, m.Loss, m.GradNorm))));
             using var x = SafeTensors.Read(Path.Combine(a, Trainer.CheckpointFile), cuda);
