@@ -778,23 +778,21 @@ CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
   return CUDA_SUCCESS;
 }
 
-CUresult cuGraphExecDestroy(CUgraphExec exec) {
-  DriverState& s = state();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  if (!s.executables.count(exec)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuGraphExecDestroy: not a live graph executable");
-  s.executables.erase(exec);
-  delete exec;
+// Forgets and deletes a live graph or executable (one of `live`), else CUDA_ERROR_INVALID_HANDLE naming `function`.
+template <class Handle>
+static CUresult destroy_graph_object(std::set<Handle>& live, Handle handle, const char* function) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (!live.count(handle)) return fail(CUDA_ERROR_INVALID_HANDLE, std::string(function) + ": not a live handle");
+  live.erase(handle);
+  delete handle;
   return CUDA_SUCCESS;
 }
 
-CUresult cuGraphDestroy(CUgraph graph) {
-  DriverState& s = state();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  if (!s.graphs.count(graph)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuGraphDestroy: not a live graph");
-  s.graphs.erase(graph);
-  delete graph;
-  return CUDA_SUCCESS;
+CUresult cuGraphExecDestroy(CUgraphExec exec) {
+  return destroy_graph_object(state().executables, exec, "cuGraphExecDestroy");
 }
+
+CUresult cuGraphDestroy(CUgraph graph) { return destroy_graph_object(state().graphs, graph, "cuGraphDestroy"); }
 
 CUresult cuStreamQuery(CUstream stream) { return cuStreamSynchronize(stream); }
 

@@ -430,7 +430,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     }
 
     /// <summary>
-    /// Records <paramref name="body"/>'s work on the backend's stream into a CUDA graph (stream capture in global mode:
+    /// Records <paramref name="body"/>'s work on the backend's stream into a CUDA graph (stream capture in thread-local mode:
     /// kernels with their arguments by value, async copies and fills, cuBLAS GEMMs), without running it; the graph's
     /// Launch replays it with one cuGraphLaunch. Pool buffers the body rents stay reserved for the graph until it is
     /// disposed. Upload, Download and Synchronize throw during the capture; so does an allocation the pool cannot serve
@@ -444,7 +444,9 @@ public sealed unsafe partial class CudaBackend : IBackend
         Check(CudaDriver.cuStreamSynchronize(stream));
         Pool.BeginCapture();
         nint graph = 0, executable = 0;
-        var began = CudaDriver.cuStreamBeginCapture_v2(stream, CudaDriver.StreamCaptureModeGlobal);
+        // Thread-local mode: the driver refuses unsafe calls (cuMemAlloc, cuMemFree) made by this thread during the
+        // capture, but not those of other threads (global mode would let a finalizer's cuMemFree invalidate it).
+        var began = CudaDriver.cuStreamBeginCapture_v2(stream, CudaDriver.StreamCaptureModeThreadLocal);
         if (began != CudaResult.Success)
         {
             Pool.EndCapture().Dispose();

@@ -95,7 +95,7 @@ public sealed unsafe class CudaGraphTests
             () => CudaDriver.cuMemsetD32_v2(cuda.Address(x), 0, 4),
             () => CudaDriver.cuCtxSynchronize(),
             () => CudaDriver.cuStreamSynchronize(cuda.Stream),
-            () => { ulong p; return CudaDriver.cuMemAlloc_v2(&p, 256); }, // global mode forbids allocation
+            () => { ulong p; return CudaDriver.cuMemAlloc_v2(&p, 256); }, // this thread may not allocate
             () => CudaDriver.cuMemcpyHtoDAsync_v2(cuda.Address(x), value, 4, cuda.Stream), // pageable host memory
         })
         {
@@ -112,6 +112,10 @@ public sealed unsafe class CudaGraphTests
             CudaResult.StreamCaptureUnsupported, CudaResult.StreamCaptureUnsupported, CudaResult.StreamCaptureUnsupported,
         }));
         Assert.That(Read(cuda, x), Is.All.EqualTo(1f), "nothing of the failed captures ran");
+
+        // The capture is thread-local: another thread may free memory meanwhile (as a CudaBuffer finalizer does).
+        var elsewhere = cuda.Allocate(DType.F32, 4);
+        using (var g = cuda.Capture(() => Task.Run(elsewhere.Dispose).Wait())) g.Launch();
 
         // Outside a capture the same calls work, and relaxed mode allows allocation.
         CudaDriver.Check(CudaDriver.cuMemcpyHtoD_v2(cuda.Address(x), value, 4));
