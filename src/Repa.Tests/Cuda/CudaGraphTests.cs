@@ -218,6 +218,7 @@ public sealed unsafe class CudaGraphTests
         Assert.That(graph.Replayed, Is.EqualTo(new[] { false, true, true }), "eager first step, then the captured graph");
         Assert.That(eager.Replayed, Is.All.False);
         AssertBitwise(graph, eager);
+        TestContext.Out.WriteLine($"emulated step seconds, graph: {string.Join(", ", graph.Metrics.Select(m => m.Seconds.ToString("F3")))}; eager: {string.Join(", ", eager.Metrics.Select(m => m.Seconds.ToString("F3")))}");
 
         using var cpu = new CpuBackend(2);
         var onCpu = Train(cpu, Options(3, graph: true));
