@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using Repa.Autograd;
 using Repa.Kernels;
+using Repa.Kernels.Cuda;
 using Repa.Runtime.Checkpoints;
 using Repa.Runtime.Data;
 using Repa.Runtime.Models;
@@ -238,11 +239,11 @@ public sealed class Trainer : IDisposable
             backend.Upload<int>(dropped.AsSpan(first, micro), input.Labels.Buffer);
             if (input.Targets.Length > 0)
             {
-                var computed = targets!.Targets(indices.AsSpan(first, micro), backend, input.Targets[0].DType);
+                // Off the tape: a replayed step never resets it, so it must not collect the step's temporaries.
+                using var computed = targets!.Targets(indices.AsSpan(first, micro), backend, input.Targets[0].DType).Persistent();
                 if (!computed.Shape.AsSpan().SequenceEqual(input.Targets[0].Shape))
                     throw new InvalidDataException($"the encoder gave targets {computed.ShapeString} for a micro-batch of {micro}; expected {input.Targets[0].ShapeString}.");
                 backend.Copy(computed.Buffer, 0, input.Targets[0].Buffer, 0, computed.Count);
-                computed.Dispose();
             }
             var microT = t.AsSpan(first, micro).ToArray();
             if (ddpm != null) ddpm.SetTimes(input, microT);
@@ -262,8 +263,13 @@ public sealed class Trainer : IDisposable
     /// <summary>Whether the last step launched a captured graph (false for eager steps and after --cuda-graph false).</summary>
     public bool LastStepReplayed { get; private set; }
 
+    /// <summary>Why capturing the step failed (the steps then run eagerly), or null.</summary>
+    public string? CaptureFailure { get; private set; }
+
     // Eager on the first step with this tape (the pool warms up and the shapes settle); captured on the next one when
-    // asked, then replayed. A graph belongs to the tape it was captured with: another tape starts over.
+    // asked, then replayed. A graph belongs to the tape it was captured with: another tape starts over. A capture the
+    // device refuses leaves nothing done on it (the work was recorded, not run): the step, and every later one, then
+    // runs eagerly, which gives the same results.
     private void RunDeviceStep(Tape tape)
     {
         if (graph != null && !ReferenceEquals(graphTape, tape))
@@ -272,10 +278,17 @@ public sealed class Trainer : IDisposable
             graph = null;
             graphTape = null;
         }
-        if (graph == null && options.CudaGraph && ReferenceEquals(warmTape, tape))
+        if (graph == null && options.CudaGraph && CaptureFailure == null && ReferenceEquals(warmTape, tape))
         {
-            graph = Model.Backend.Capture(() => DeviceStep(tape));
-            graphTape = tape;
+            try
+            {
+                graph = Model.Backend.Capture(() => DeviceStep(tape));
+                graphTape = tape;
+            }
+            catch (Exception e) when (e is CudaException or InvalidOperationException)
+            {
+                CaptureFailure = e.Message;
+            }
         }
         if (graph != null)
         {
@@ -325,7 +338,10 @@ public sealed class Trainer : IDisposable
         string checkpoint = Path.Combine(options.OutputFolder, CheckpointFile);
         for (int step = CompletedSteps + 1; step <= options.Steps; step++)
         {
+            bool failedBefore = CaptureFailure != null;
             var m = Step(step, tape);
+            if (!failedBefore && CaptureFailure != null)
+                log.WriteLine($"cuda graph: capturing the step failed ({CaptureFailure.TrimEnd('.')}); the steps run eagerly (same results, more launches).");
             history.Add(m);
             CompletedSteps = step;
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,

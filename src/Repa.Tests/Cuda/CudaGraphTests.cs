@@ -184,7 +184,7 @@ public sealed unsafe class CudaGraphTests
 
     private sealed record Run(List<StepMetrics> Metrics, List<bool> Replayed, Dictionary<string, float[]> State);
 
-    private static Run Train(IBackend backend, TrainOptions options)
+    private static Run Train(IBackend backend, TrainOptions options, Action<Trainer>? afterFirstStep = null)
     {
         var data = new IdxTrainingData(TrainerTests.Data(), 32);
         using var trainer = new Trainer(backend, options, data, new CudaTrainingTests.FixedTargets(64, 24));
@@ -195,6 +195,7 @@ public sealed unsafe class CudaGraphTests
         {
             metrics.Add(trainer.Step(step, tape));
             replayed.Add(trainer.LastStepReplayed);
+            if (step == 1) afterFirstStep?.Invoke(trainer);
         }
         tape.Reset();
         var state = trainer.Model.StateDict().Concat(trainer.Ema.StateTensors()).ToDictionary(e => e.Item1, e => e.Item2.ToFloatArray());
@@ -228,6 +229,22 @@ public sealed unsafe class CudaGraphTests
             Assert.That(graph.Metrics[i].Proj, Is.EqualTo(onCpu.Metrics[i].Proj).Within(1e-6), $"step {i + 1} proj");
             Assert.That(graph.Metrics[i].GradNorm, Is.EqualTo(onCpu.Metrics[i].GradNorm).Within(1e-2).Percent, $"step {i + 1} grad norm");
         }
+    }
+
+    [Test]
+    public void ACaptureTheDeviceRefusesFallsBackToEagerStepsWithTheSameResults()
+    {
+        using var cuda = EmulatedCuda.Open();
+        Trainer? trained = null;
+        // Emptying the pool after the warm-up step makes the capture allocate, which the driver refuses mid-capture.
+        var cold = Train(cuda, Options(3, graph: true), trainer =>
+        {
+            cuda.Pool.Trim();
+            trained = trainer;
+        });
+        Assert.That(trained!.CaptureFailure, Does.Contain("CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"));
+        Assert.That(cold.Replayed, Is.All.False);
+        AssertBitwise(cold, Train(cuda, Options(3, graph: false)));
     }
 
     [Test]
