@@ -60,7 +60,7 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>clip_grad_norm_'s coefficient min(max / (sqrt(sumOfSquares) + 1e-6), 1), NaN for NaN (as torch.clamp and
     /// Math.Min), 1 when max &lt;= 0 (no clipping): what the device AdamW kernels compute from the device sum.</summary>
-    public static double ClipScale(double sumOfSquares, double maxGradNorm) =>
+    internal static double ClipScale(double sumOfSquares, double maxGradNorm) =>
         maxGradNorm > 0 ? Math.Min(maxGradNorm / (Math.Sqrt(sumOfSquares) + 1e-6), 1.0) : 1.0;
 
     public void AccumulateScalar(DeviceBuffer source, DeviceBuffer accumulator, long index, double divisor)
