@@ -52,11 +52,19 @@ public sealed unsafe partial class CudaBackend
         var shape = AttentionShape(batch, tokens, heads, tensorCores);
         string kind = tensorCores ? "mma_" : "";
         // Di = rowsum(dO * O) per (pair, query): written by the dQ pass, read by the dK/dV pass (same stream, in order).
-        using var delta = Allocate(DType.F32, (long)batch * heads * tokens);
-        Launch(Function(AttentionKernels, $"attention_backward_query_{kind}{suffix}"), shape, Address(qkv), Address(output),
-            Address(dOutput), Address(logSumExp), Address(dQkv), Address(delta), batch, tokens, heads, headDim, (float)scale);
-        Launch(Function(AttentionKernels, $"attention_backward_key_{kind}{suffix}"), shape, Address(qkv), Address(dOutput),
-            Address(logSumExp), Address(delta), Address(dQkv), batch, tokens, heads, headDim, (float)scale);
+        // From the pool: stream order makes its reuse by later work safe, and nothing is allocated inside a capture.
+        var delta = Pool.Rent(DType.F32, (long)batch * heads * tokens);
+        try
+        {
+            Launch(Function(AttentionKernels, $"attention_backward_query_{kind}{suffix}"), shape, Address(qkv), Address(output),
+                Address(dOutput), Address(logSumExp), Address(dQkv), Address(delta), batch, tokens, heads, headDim, (float)scale);
+            Launch(Function(AttentionKernels, $"attention_backward_key_{kind}{suffix}"), shape, Address(qkv), Address(dOutput),
+                Address(logSumExp), Address(delta), Address(dQkv), batch, tokens, heads, headDim, (float)scale);
+        }
+        finally
+        {
+            Pool.Return(delta);
+        }
     }
 
     /// <summary>One block per 32 rows (the tensor-core kernels: 64) of a (batch, head) pair; grid.y strides over the
