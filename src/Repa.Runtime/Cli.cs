@@ -82,6 +82,8 @@ public static class Cli
           --objective sit|ddpm SiT's velocity loss (default) or DiT's DDPM loss: 1000 linear-beta steps, eps + learned
                                variance, MSE + VLB; ddpm needs a DiT preset (--config DiT-T/2 ... DiT-XL/8).
           --ckpt-every N       also save the checkpoint every N steps (default: only at the end and on Ctrl-C).
+          --cuda-graph true|false   on CUDA, capture the step's device work (forward, backward, clip, AdamW, EMA)
+                               as a CUDA graph after the first step and replay it (default true; the CPU ignores it).
           --resume PATH        continue exactly from a checkpoint (its run folder or .safetensors file); --steps is the total.
           --sample-grid true|false  at the end, write samples.png (8 samples of every class, of 16 evenly spaced classes
                                when there are more, with the objective's default sampler at 25 steps, --weights auto)

@@ -38,6 +38,7 @@ internal static class TrainCommand
                 ProjLoss: o.String("--proj-loss", "cosine", "cosine", "ntxent")),
             ObjectiveKind = o.String("--objective", "sit", "sit", "ddpm"),
             MixedPrecision = o.String("--mixed-precision", "auto", "auto", "no", "bf16", "fp16") is var mp && mp != "auto" ? mp : null,
+            CudaGraph = o.String("--cuda-graph", "true", "true", "false") == "true",
         };
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
         string cacheFolder = o.String("--cache-dir", DefaultCacheFolder);
