@@ -29,6 +29,14 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     internal bool TensorCoreAttention { get; set; } = true;
 
+    /// <summary>
+    /// The one rule for which attention kernels run (also what the cost backend predicts): the tensor-core kernels when
+    /// <paramref name="enabled"/> (<see cref="TensorCoreAttention"/>) and the activations are bfloat16, the backward
+    /// only up to <see cref="AttentionMmaBackwardMaxHeadDim"/>; otherwise the CUDA-core ones.
+    /// </summary>
+    internal static bool AttentionUsesTensorCores(bool enabled, DType activations, int headDim, bool backward) =>
+        enabled && activations == DType.BF16 && (!backward || headDim <= AttentionMmaBackwardMaxHeadDim);
+
     /// <summary>The largest head dim kernels/attention.cu holds in registers.</summary>
     public const int AttentionMaxHeadDim = 128;
 
@@ -37,7 +45,7 @@ public sealed unsafe partial class CudaBackend
         string suffix = CheckAttention("attention forward", qkv, output, logSumExp, null, null, batch, tokens, heads, headDim);
         if ((long)batch * tokens * heads * headDim == 0) return;
         Enter();
-        bool tensorCores = TensorCoreAttention && qkv.DType == DType.BF16;
+        bool tensorCores = AttentionUsesTensorCores(TensorCoreAttention, qkv.DType, headDim, backward: false);
         var shape = AttentionShape(batch, tokens, heads, tensorCores);
         Launch(Function(AttentionKernels, tensorCores ? $"attention_forward_mma_{suffix}" : $"attention_forward_{suffix}"), shape,
             Address(qkv), Address(output), Address(logSumExp), batch, tokens, heads, headDim, (float)scale);
@@ -48,7 +56,7 @@ public sealed unsafe partial class CudaBackend
         string suffix = CheckAttention("attention backward", qkv, output, logSumExp, dOutput, dQkv, batch, tokens, heads, headDim);
         if ((long)batch * tokens * heads * headDim == 0) return;
         Enter();
-        bool tensorCores = TensorCoreAttention && qkv.DType == DType.BF16 && headDim <= AttentionMmaBackwardMaxHeadDim;
+        bool tensorCores = AttentionUsesTensorCores(TensorCoreAttention, qkv.DType, headDim, backward: true);
         var shape = AttentionShape(batch, tokens, heads, tensorCores);
         string kind = tensorCores ? "mma_" : "";
         // Di = rowsum(dO * O) per (pair, query): written by the dQ pass, read by the dK/dV pass (same stream, in order).

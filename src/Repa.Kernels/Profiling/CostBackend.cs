@@ -9,8 +9,13 @@ public enum ComputeUnit
     /// <summary>cuBLAS GEMMs: tensor cores for bf16 operands, CUDA-core FMA for fp32 (CUBLAS_COMPUTE_32F, no TF32).</summary>
     Gemm,
 
-    /// <summary>kernels/attention.cu: fp32 FMA on CUDA cores, no tensor-core MMA in this version.</summary>
+    /// <summary>kernels/attention.cu's CUDA-core kernels: fp32 FMA (fp32 activations, and bf16 when the tensor-core
+    /// kernels are off or, in the backward, head_dim exceeds 80).</summary>
     CudaCores,
+
+    /// <summary>kernels/attention.cu's tensor-core kernels (bf16 mma.sync m16n8k16, fp32 accumulation), hand-written:
+    /// priced at their own efficiency, not cuBLAS's.</summary>
+    TensorCores,
 
     /// <summary>Bandwidth-bound kernels and device-to-device copies (everything else on the device).</summary>
     Memory,
@@ -32,12 +37,16 @@ public sealed record KernelCall(string Family, string Kind, string Shape, int La
     /// <summary>Times the call waits for the device to drain and reads a result back to the host (a download, the
     /// squared norm's double, the embedding's bad-id flag).</summary>
     public int Synchronizations { get; init; }
+
+    /// <summary>Whether the call is a node of a replayed graph (<see cref="IBackend.Capture"/>): its launches cost the
+    /// device's per-node floor, not a launch from C#.</summary>
+    public bool InGraph { get; init; }
 }
 
 /// <summary>
 /// A backend that computes nothing: its buffers hold no memory (a dtype and a length only), every member records what
 /// the CUDA backend (src/Repa.Kernels/Cuda, kernels/*.cu) would launch for it, with its FLOPs and DRAM bytes, and
-/// <see cref="IBackend.Download"/> gives zeros (<see cref="SumOfSquares"/> 0). Running a training step through it
+/// <see cref="IBackend.Download"/> gives zeros (the host <c>SumOfSquares</c> 0). Running a training step through it
 /// yields the step's kernel trace for <see cref="StepCostModel"/>. Every per-op cost formula lives in this file.
 /// </summary>
 /// <remarks>
@@ -49,13 +58,21 @@ public sealed record KernelCall(string Family, string Kind, string Shape, int La
 /// (batch, head) pair, a broadcast operand) are assumed to hit L1/L2 and are not counted again.</item>
 /// <item>GEMM: A, B and C once each (C twice when beta != 0; an operand with batch stride 0 once); FLOPs 2 m n k per
 /// batch item.</item>
-/// <item>Attention as executed by kernels/attention.cu: forward 4 N H T^2 hd FLOPs, backward 14 N H T^2 hd (S and dP are
-/// recomputed in both the query and the key pass); the exps are not counted as FLOPs.</item>
+/// <item>Attention as executed by kernels/attention.cu, the kernels chosen by <see cref="CudaBackend.AttentionUsesTensorCores"/>
+/// (with the tensor-core kernels on, the CUDA backend's default). CUDA cores: forward 4 N H T^2 hd FLOPs, backward
+/// 14 N H T^2 hd (S and dP are recomputed in both the query and the key pass). Tensor cores (mma m16n8k16): the products'
+/// k dimension padded to 16 and n to 8, forward 2 N H T^2 (hd16 + hd8), backward 2 N H T^2 (4 hd16 + 3 hd8) (S and dP in
+/// both passes, then dQ, dV, dK; 72 -> 80 for SiT's heads). The exps are not counted as FLOPs; DRAM bytes are the same
+/// for both kinds.</item>
 /// <item>Element-wise FLOPs are rough per-element operation counts (they never decide a memory-bound kernel's time).</item>
 /// <item>Launches (kernels, plus memsets and device-to-device copies, which cost about as much) follow the CUDA
 /// backend: e.g. LayerNorm backward is an input kernel, a parameter kernel and one column sum per affine gradient; a
-/// broadcast over more than six merged axes is one launch per slice; the squared norm is two kernels and a read-back.
+/// broadcast over more than six merged axes is one launch per slice; the squared norm is two kernels (and, in the host
+/// overload, a read-back).
 /// The parameter-gradient chunks use an H100's <see cref="MultiprocessorCount"/> multiprocessors.</item>
+/// <item><see cref="Capture"/> records the body's calls without keeping them; each launch of the graph records one
+/// cuGraphLaunch and the captured calls again, marked <see cref="KernelCall.InGraph"/>. Upload, Download and Synchronize
+/// are refused during a capture, as on CUDA.</item>
 /// </list>
 /// </remarks>
 public sealed class CostBackend : IBackend
@@ -65,6 +82,7 @@ public sealed class CostBackend : IBackend
 
     private readonly List<KernelCall> calls = [];
     private long allocations;
+    private bool capturing;
 
     public CostBackend() => Pool = new BufferPool(this);
 
@@ -132,12 +150,14 @@ public sealed class CostBackend : IBackend
 
     public void Upload<T1>(ReadOnlySpan<T1> source, DeviceBuffer destination, long offset = 0) where T1 : unmanaged
     {
+        RefuseDuringCapture("Upload");
         long bytes = (long)source.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T1>();
         Record("host", "upload", "", 0, 0, ComputeUnit.Host, T(destination, bytes / destination.DType.SizeInBytes()));
     }
 
     public void Download<T1>(DeviceBuffer source, Span<T1> destination, long offset = 0) where T1 : unmanaged
     {
+        RefuseDuringCapture("Download");
         destination.Clear();
         long bytes = (long)destination.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T1>();
         RecordSynchronizing("host", "download", "", 0, 0, ComputeUnit.Host, T(source, bytes / source.DType.SizeInBytes()));
@@ -155,7 +175,57 @@ public sealed class CostBackend : IBackend
         Record("memory", "Convert", $"{source.DType.Name()}->{destination.DType.Name()}", 1, count, ComputeUnit.Memory,
             T(source, count), T(destination, count));
 
-    public void Synchronize() { }
+    public void Synchronize() => RefuseDuringCapture("Synchronize");
+
+    /// <summary>As the CUDA backend, which throws this so that the trainer falls back to eager steps.</summary>
+    private void RefuseDuringCapture(string member)
+    {
+        if (capturing) throw new InvalidOperationException($"cost: {member} during a graph capture is refused, as on CUDA.");
+    }
+
+    // ---- graphs --------------------------------------------------------------------------------------------------
+
+    /// <summary>Runs the body's host code once, as a CUDA capture does, keeping its calls for the graph instead of the
+    /// trace; each <see cref="IDeviceGraph.Launch"/> records a cuGraphLaunch and the captured calls as graph nodes.</summary>
+    public IDeviceGraph Capture(Action body)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        if (capturing) throw new InvalidOperationException("cost: a graph capture is already in progress; captures do not nest.");
+        int start = calls.Count;
+        capturing = true;
+        try
+        {
+            body();
+        }
+        catch
+        {
+            calls.RemoveRange(start, calls.Count - start); // as on CUDA: a refused capture leaves nothing done
+            throw;
+        }
+        finally
+        {
+            capturing = false;
+        }
+        var nodes = calls.Skip(start).Select(c => c with { InGraph = true }).ToArray();
+        calls.RemoveRange(start, calls.Count - start);
+        return new RecordedGraph(this, nodes);
+    }
+
+    private sealed class RecordedGraph(CostBackend backend, KernelCall[] nodes) : IDeviceGraph
+    {
+        private bool disposed;
+
+        public void Launch()
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            if (backend.capturing) throw new InvalidOperationException("cost: launching a graph inside a capture is not supported.");
+            // The launch call itself: one launch from the host (not a node).
+            backend.calls.Add(new KernelCall("graph", "cuGraphLaunch", $"{nodes.Length} nodes", 1, 0, 0, ComputeUnit.Memory));
+            backend.calls.AddRange(nodes);
+        }
+
+        public void Dispose() => disposed = true;
+    }
 
     // ---- gemm ----------------------------------------------------------------------------------------------------
 
@@ -229,8 +299,11 @@ public sealed class CostBackend : IBackend
     {
         long rows = (long)batch * tokens, width = (long)heads * headDim, pairs = (long)batch * heads;
         if (rows * width == 0) return;
-        Record("attention", "AttentionForward", AttentionShape(batch, tokens, heads, headDim), 1,
-            4.0 * pairs * tokens * tokens * headDim, ComputeUnit.CudaCores,
+        bool tensorCores = CudaBackend.AttentionUsesTensorCores(TensorCoreAttention, qkv.DType, headDim, backward: false);
+        // Tensor cores: S = Q K^T with k = hd padded to 16, O = P V with n = hd padded to 8.
+        double perScore = tensorCores ? 2.0 * (PadTo(headDim, 16) + PadTo(headDim, 8)) : 4.0 * headDim;
+        Record("attention", tensorCores ? "AttentionForward (tensor cores)" : "AttentionForward", AttentionShape(batch, tokens, heads, headDim), 1,
+            perScore * pairs * tokens * tokens, tensorCores ? ComputeUnit.TensorCores : ComputeUnit.CudaCores,
             T(qkv, rows * 3 * width), T(output, rows * width), T(logSumExp, pairs * tokens));
     }
 
@@ -240,14 +313,23 @@ public sealed class CostBackend : IBackend
         long rows = (long)batch * tokens, width = (long)heads * headDim, pairs = (long)batch * heads;
         if (rows * width == 0) return;
         // Query pass: q, k, v, O, dO, lse read, Di written, dQ accumulated. Key pass: q, k, v, dO, lse, Di read, dK and
-        // dV accumulated. S and dP are computed in both passes: 14 N H T^2 hd against the minimal 10.
-        Record("attention", "AttentionBackward", AttentionShape(batch, tokens, heads, headDim), 2,
-            14.0 * pairs * tokens * tokens * headDim, ComputeUnit.CudaCores,
+        // dV accumulated. S and dP are computed in both passes: 14 N H T^2 hd against the minimal 10. On tensor cores the
+        // four S/dP products have k = hd padded to 16, the three gradient products n = hd padded to 8.
+        bool tensorCores = CudaBackend.AttentionUsesTensorCores(TensorCoreAttention, qkv.DType, headDim, backward: true);
+        double perScore = tensorCores ? 2.0 * (4 * PadTo(headDim, 16) + 3 * PadTo(headDim, 8)) : 14.0 * headDim;
+        Record("attention", tensorCores ? "AttentionBackward (tensor cores)" : "AttentionBackward", AttentionShape(batch, tokens, heads, headDim), 2,
+            perScore * pairs * tokens * tokens, tensorCores ? ComputeUnit.TensorCores : ComputeUnit.CudaCores,
             T(qkv, 2 * rows * 3 * width), T(output, rows * width), T(dOutput, 2 * rows * width), T(logSumExp, 2 * pairs * tokens),
             Scratch(DType.F32, 2 * pairs * tokens), T(dQkv, ReadWrite(rows * 3 * width)));
     }
 
     private static string AttentionShape(int batch, int tokens, int heads, int headDim) => $"N {batch}, T {tokens}, H {heads}, hd {headDim}";
+
+    private static long PadTo(int value, int multiple) => (value + multiple - 1L) / multiple * multiple;
+
+    /// <summary>Whether bf16 attention is priced on the tensor-core kernels (the CUDA backend's default, true) or on
+    /// the CUDA-core ones, as <c>CudaBackend.TensorCoreAttention</c>.</summary>
+    public bool TensorCoreAttention { get; init; } = true;
 
     // ---- element-wise --------------------------------------------------------------------------------------------
 
@@ -466,8 +548,12 @@ public sealed class CostBackend : IBackend
     public void EmbeddingForward(DeviceBuffer table, DeviceBuffer ids, DeviceBuffer y, long count, int vocab, int dim)
     {
         if (count == 0) return;
-        // Plus an 8-byte flag set before and read back after (one synchronisation).
-        RecordSynchronizing("embed", "EmbeddingForward", "", 1, 0, ComputeUnit.Memory, T(ids, count), T(table, count * dim), T(y, count * dim));
+        // Plus an 8-byte flag: eagerly uploaded before and read back after (one synchronisation); in a capture set by a
+        // fill (one more launch) and never read.
+        if (capturing)
+            Record("embed", "EmbeddingForward", "", 2, 0, ComputeUnit.Memory, T(ids, count), T(table, count * dim), T(y, count * dim), Scratch(DType.F64, 1));
+        else
+            RecordSynchronizing("embed", "EmbeddingForward", "", 1, 0, ComputeUnit.Memory, T(ids, count), T(table, count * dim), T(y, count * dim));
     }
 
     public void EmbeddingBackward(DeviceBuffer ids, DeviceBuffer dy, DeviceBuffer dTable, long count, int vocab, int dim)
@@ -507,11 +593,41 @@ public sealed class CostBackend : IBackend
     /// <summary>Records the partial and finishing kernels and the read-back of one double; returns 0.</summary>
     public double SumOfSquares(DeviceBuffer x, long n)
     {
+        RefuseDuringCapture("SumOfSquares (host)");
         if (n == 0) return 0;
         long blocks = Math.Min((n + 1023) / 1024, 1024);
         RecordSynchronizing("optim", "SumOfSquares", "", 2, 2.0 * n, ComputeUnit.Memory, T(x, n), Scratch(DType.F64, 2 * blocks + 1));
         return 0;
     }
+
+    /// <summary>The device overload: sum_of_squares_partial_f32 (x read, a float64 partial per block of up to 1024)
+    /// and sum_of_squares_finish (the partials read, the total written, or read and written when accumulating); n = 0
+    /// fills the total unless accumulating.</summary>
+    public void SumOfSquares(DeviceBuffer x, long n, DeviceBuffer total, bool accumulate)
+    {
+        if (n <= 0)
+        {
+            if (!accumulate) Fill(total, 0, 1, 0);
+            return;
+        }
+        long blocks = Math.Min((n + 1023) / 1024, 1024);
+        Record("optim", "SumOfSquares (device)", "", 2, 2.0 * n, ComputeUnit.Memory, T(x, n), Scratch(DType.F64, 2 * blocks),
+            T(total, accumulate ? 2 : 1));
+    }
+
+    /// <summary>adamw_step_device_f32: the host overload's traffic and arithmetic plus the four float64 scalars (the
+    /// clip scale is formed per thread from the first).</summary>
+    public void AdamWStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, long n, double beta1, double beta2,
+        double eps, double maxGradNorm, DeviceBuffer scalars)
+    {
+        if (n == 0) return;
+        Record("optim", "AdamWStep (device scalars)", "", 1, 15.0 * n, ComputeUnit.Memory,
+            T(param, ReadWrite(n)), T(grad, n), T(m, ReadWrite(n)), T(v, ReadWrite(n)), T(scalars, 4));
+    }
+
+    /// <summary>accumulate_scalar_*: one thread reads the source and adds into one float64.</summary>
+    public void AccumulateScalar(DeviceBuffer source, DeviceBuffer accumulator, long index, double divisor) =>
+        Record("optim", "AccumulateScalar", "", 1, 2, ComputeUnit.Memory, T(source, 1), T(accumulator, ReadWrite(1)));
 
     public void AdamWStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, long n, double lr, double beta1,
         double beta2, double eps, double weightDecay, double gradScale, int step)

@@ -23,7 +23,7 @@ public sealed record StepCostModel
     public double GemmEfficiency { get; init; } = 0.8;
 
     /// <summary>fp32 CUDA-core (non-tensor) FMA peak, FLOP/s: what fp32 GEMMs (CUBLAS_COMPUTE_32F, no TF32) and
-    /// kernels/attention.cu run on.</summary>
+    /// kernels/attention.cu's CUDA-core kernels run on.</summary>
     public double Fp32Peak { get; init; } = 67e12;
 
     /// <summary>Fraction of <see cref="Fp32Peak"/> cuBLAS SGEMM reaches on large shapes.</summary>
@@ -33,8 +33,23 @@ public sealed record StepCostModel
     /// shuffles and an exp per score, 8-12 warps per SM (docs/notes/cuda.md's guess, 25-35%).</summary>
     public double AttentionEfficiency { get; init; } = 0.3;
 
-    /// <summary>Least time of one kernel launch, seconds (launch latency and ramp, no CUDA graph).</summary>
+    /// <summary>Fraction of <see cref="TensorPeak"/> the tensor-core attention forward (attention_forward_mma_*) reaches:
+    /// mma.sync without ldmatrix or cp.async, 3 blocks per SM; docs/notes/cuda.md's assumption (FlashAttention-2 with
+    /// mma.sync reaches ~35% of an H100's dense peak).</summary>
+    public double AttentionMmaForwardEfficiency { get; init; } = 0.25;
+
+    /// <summary>Fraction of <see cref="TensorPeak"/> the tensor-core attention backward reaches (8 warps per SM in the key
+    /// pass, 32-row tiles, transposed stores); docs/notes/cuda.md's assumption.</summary>
+    public double AttentionMmaBackwardEfficiency { get; init; } = 0.2;
+
+    /// <summary>Least time of one kernel launched from C#, seconds (the host's launch call, latency and ramp).</summary>
     public double LaunchFloor { get; init; } = 3e-6;
+
+    /// <summary>Least time of one node of a replayed CUDA graph, seconds: no host work per kernel any more, but the
+    /// device still launches each grid after the previous one drains (its ramp and tail). NVIDIA's "Getting Started
+    /// with CUDA Graphs" blog measured a chain of ~2.9 µs kernels at 3.4 µs each from a graph against 3.8 µs from
+    /// stream launches, i.e. well under 1 µs of per-node overhead (on a V100); 1 µs is a round, cautious figure.</summary>
+    public double GraphNodeFloor { get; init; } = 1e-6;
 
     /// <summary>Host-to-device and back through PCIe from pageable managed memory, bytes/s.</summary>
     public double HostBandwidth { get; init; } = 20e9;
@@ -48,20 +63,27 @@ public sealed record StepCostModel
     {
         ComputeUnit.Gemm => call.InputType is DType.BF16 or DType.F16 ? TensorPeak * GemmEfficiency : Fp32Peak * Fp32GemmEfficiency,
         ComputeUnit.CudaCores => Fp32Peak * AttentionEfficiency,
+        ComputeUnit.TensorCores => TensorPeak * (call.Kind.StartsWith("AttentionBackward", StringComparison.Ordinal)
+            ? AttentionMmaBackwardEfficiency : AttentionMmaForwardEfficiency),
         _ => Fp32Peak, // element-wise arithmetic: never the bound in practice
     };
 
     /// <summary>
-    /// Seconds for a call: max(bytes / bandwidth, FLOPs / rate, launches x floor) plus its synchronisations; host
-    /// transfers at <see cref="HostBandwidth"/>.
+    /// Seconds for a call: max(bytes / bandwidth, FLOPs / rate, launches x floor) plus its synchronisations, the floor
+    /// <see cref="GraphNodeFloor"/> for a graph's nodes and <see cref="LaunchFloor"/> otherwise (or always with
+    /// <c>eager</c>: the same work launched one kernel at a time); host transfers at <see cref="HostBandwidth"/>.
     /// </summary>
-    public double Seconds(KernelCall call)
+    public double Seconds(KernelCall call) => Seconds(call, eager: false);
+
+    /// <inheritdoc cref="Seconds(KernelCall)"/>
+    public double Seconds(KernelCall call, bool eager)
     {
         long bytes = call.Bytes;
         double waits = call.Synchronizations * SynchronizationCost;
         if (call.Unit == ComputeUnit.Host) return bytes / HostBandwidth + waits;
         double memory = bytes / (MemoryBandwidth * MemoryEfficiency);
         double compute = call.Flops / ComputeRate(call);
-        return Math.Max(Math.Max(memory, compute), call.Launches * LaunchFloor) + waits;
+        double floor = call.InGraph && !eager ? GraphNodeFloor : LaunchFloor;
+        return Math.Max(Math.Max(memory, compute), call.Launches * floor) + waits;
     }
 }

@@ -23,9 +23,9 @@ public sealed class StepEstimate
 
     /// <summary>
     /// One traced step: the calls of a steady-state step for a --mixed-precision setting, the activation dtype the trainer
-    /// chose for it and a name for the tables' columns.
+    /// chose for it, whether the step was a replayed CUDA graph (--cuda-graph, the default) and a name for the tables' columns.
     /// </summary>
-    public sealed record Trace(string Name, string Setting, DType ActivationType, IReadOnlyList<KernelCall> Calls);
+    public sealed record Trace(string Name, string Setting, DType ActivationType, bool Graph, IReadOnlyList<KernelCall> Calls);
 
     private StepEstimate(TrainOptions options, int channels, int zDim, IReadOnlyList<Trace> traces, double flopsPerImage,
         long parameters, StepCostModel model)
@@ -44,8 +44,9 @@ public sealed class StepEstimate
     public int ZDim { get; }
 
     /// <summary>
-    /// The traced steps: first the one the trainer runs by default on a CUDA device (--mixed-precision auto: bf16), then
-    /// fp32 (--mixed-precision no) when the default is not already fp32.
+    /// The traced steps: first the one the trainer runs by default on a CUDA device (--mixed-precision auto: bf16, a
+    /// replayed graph), then the same launched kernel by kernel (--cuda-graph false), then fp32 (--mixed-precision no,
+    /// graph) when the default is not already fp32.
     /// </summary>
     public IReadOnlyList<Trace> Traces { get; }
 
@@ -61,20 +62,23 @@ public sealed class StepEstimate
 
     /// <summary>
     /// Traces SiT-XL/2 + REPA (one projector of width 2048 onto z_dim 768 after block 8) at 256x256 px (32x32x4 SD-VAE
-    /// latents, 1000 classes), batch 256, on a <see cref="CostBackend"/>: two steps each, recording the second (steady
-    /// state: gradients exist and are zeroed, as in every later step); once with the trainer's own precision choice
-    /// and once with --mixed-precision no. <paramref name="options"/> overrides the configuration.
+    /// latents, 1000 classes), batch 256, on a <see cref="CostBackend"/>, recording a steady-state step: the third with
+    /// the CUDA graph (the first runs eagerly, the second captures, the third replays), the second without (gradients
+    /// exist and are zeroed, as in every later step); with the trainer's own precision choice, the same without the
+    /// graph, and --mixed-precision no. <paramref name="options"/> overrides the configuration.
     /// </summary>
     public static StepEstimate Run(TrainOptions? options = null, int channels = 4, int numClasses = 1000, int zDim = 768,
         StepCostModel? model = null)
     {
-        options ??= new TrainOptions { Model = "SiT-XL/2", Batch = 256, ImageSize = 32, EncoderDepth = 8, Steps = 2 };
+        options ??= new TrainOptions { Model = "SiT-XL/2", Batch = 256, ImageSize = 32, EncoderDepth = 8, Steps = 3 };
         var data = new SyntheticTrainingData(Math.Max(options.Batch, 1024), channels, options.ImageSize, numClasses);
         int tokens = (Models.SiTConfig.Preset(options.Model) with { InputSize = options.ImageSize }).Tokens;
         var targets = options.Objective.ProjCoeff > 0 ? new SyntheticTargets(tokens, zDim) : null;
         var traces = new List<Trace>();
         var (first, flops, parameters) = TraceStep(options, data, targets);
         traces.Add(first);
+        if (first.Graph)
+            traces.Add(TraceStep(options with { CudaGraph = false }, data, targets).Trace with { Name = first.Name + " eager" });
         if (first.ActivationType != DType.F32)
             traces.Add(TraceStep(options with { MixedPrecision = "no" }, data, targets).Trace);
         return new StepEstimate(options, channels, zDim, traces, flops, parameters, model ?? new StepCostModel());
@@ -85,13 +89,18 @@ public sealed class StepEstimate
         using var backend = new CostBackend();
         using var trainer = new Trainer(backend, options, data, targets);
         using var tape = new Tape();
-        trainer.Step(1, tape);
+        int steps = options.CudaGraph ? 3 : 2;
+        for (int step = 1; step < steps; step++) trainer.Step(step, tape);
         backend.Clear();
-        trainer.Step(2, tape);
+        trainer.Step(steps, tape);
         tape.Reset();
+        if (trainer.LastStepReplayed != options.CudaGraph)
+            throw new InvalidOperationException($"estimate: the traced step {(options.CudaGraph ? "did not replay a graph" : "replayed a graph")} " +
+                                                $"({trainer.CaptureFailure ?? "no capture failure"}).");
         var type = trainer.Model.ComputeDType;
         string setting = options.MixedPrecision ?? "auto";
-        var trace = new Trace(type == DType.F32 ? "fp32" : type == DType.BF16 ? "bf16" : type.Name(), setting, type, backend.Calls.ToList());
+        var trace = new Trace(type == DType.F32 ? "fp32" : type == DType.BF16 ? "bf16" : type.Name(), setting, type, options.CudaGraph,
+            backend.Calls.ToList());
         return (trace, trainer.FlopsPerImage, trainer.Model.ParameterCount);
     }
 
@@ -126,9 +135,10 @@ public sealed class StepEstimate
         Line($"# Training-step estimate: {Options.Model} + REPA, batch {Options.Batch}, on an {m.Device} (on paper)");
         Line();
         Line("Generated from the code, not written by hand: `StepEstimate` (src/Repa.Runtime/Training/StepEstimate.cs) runs the real");
-        Line("`Trainer` (model, objective, backward, AdamW with the norm clip, EMA) for two steps on `CostBackend`");
-        Line("(src/Repa.Kernels/Profiling/CostBackend.cs: no memory, no arithmetic; every call recorded with the CUDA backend's");
-        Line("launches, FLOPs and DRAM bytes) and prices the second step with `StepCostModel`. Regenerate with");
+        Line("`Trainer` (model, objective, backward, AdamW with the norm clip, EMA) on `CostBackend` (src/Repa.Kernels/Profiling/CostBackend.cs:");
+        Line("no memory, no arithmetic; every call recorded with the CUDA backend's launches, FLOPs and DRAM bytes, a captured graph's");
+        Line("calls again at each replay) and prices a steady-state step with `StepCostModel`: the third with the CUDA graph (eager,");
+        Line("captured, replayed), the second without. Regenerate with");
         Line();
         Line($"    {Command}");
         Line();
@@ -141,26 +151,42 @@ public sealed class StepEstimate
              $"linear path, batch {Options.Batch}, AdamW with the global norm clip, EMA. Encoder targets are uploaded as fp32 (the encoder itself is not part of the step).");
         Line($"- Activation dtype the Trainer uses (`train --mixed-precision {main.Setting}`, the default, on a CUDA device): **{main.ActivationType.Name()}**.");
         Line($"- Model FLOPs (`Trainer.FlopsPerImage`, what `train` divides by): {F(FlopsPerImage / 1e9, 1)} GFLOP per image, {F(modelFlops / 1e12, 1)} TFLOP per step.");
+        int headDim = config.HiddenSize / config.NumHeads, hd16 = (headDim + 15) / 16 * 16, hd8 = (headDim + 7) / 8 * 8;
+        bool mma = main.Calls.Any(c => c.Unit == ComputeUnit.TensorCores);
         Line($"- Recorded: {F(GemmFlops(main) / 1e12, 1)} TFLOP in GEMMs, {F(AttentionFlops(main) / 1e12, 1)} TFLOP in attention as executed " +
-             "(the backward recomputes S and dP in both passes: 18 N H T^2 hd in all, against the 12 of `FlopsPerImage`).");
+             (mma
+                 ? $"(tensor-core kernels: a product's inner size head_dim {headDim} padded to {hd16}, its n to {hd8}, S and dP recomputed in both backward passes: " +
+                   $"2 N H T^2 (5 x {hd16} + 4 x {hd8}) in all, against the 12 N H T^2 x {headDim} of `FlopsPerImage`)."
+                 : "(the backward recomputes S and dP in both passes: 18 N H T^2 hd in all, against the 12 of `FlopsPerImage`)."));
         Line();
         Line("Columns:");
         foreach (var t in Traces)
-            Line($"- **{t.Name}**: `--mixed-precision {t.Setting}`, {t.ActivationType.Name()} activations" +
+            Line($"- **{t.Name}**: `--mixed-precision {t.Setting}`, " +
+                 (t.Graph ? "the step a replayed CUDA graph (`--cuda-graph true`, the default), " : "`--cuda-graph false` (every kernel launched from C#), ") +
+                 $"{t.ActivationType.Name()} activations" +
                  (t.ActivationType == DType.F32 ? "; GEMMs are cuBLAS fp32 with CUBLAS_COMPUTE_32F, i.e. CUDA cores, no TF32."
                      : $"; GEMMs on {t.ActivationType.Name()} tensor cores; fp32 master weights cast on use, fp32 statistics and losses."));
         Line();
         Line("## Cost model (stated assumptions)");
-        Line($"- Per call: max(bytes / ({F(m.MemoryBandwidth / 1e12, 1)} TB/s x {F(m.MemoryEfficiency, 2)}), FLOPs / rate, launches x {F(m.LaunchFloor * 1e6, 0)} µs) " +
+        Line($"- Per call: max(bytes / ({F(m.MemoryBandwidth / 1e12, 1)} TB/s x {F(m.MemoryEfficiency, 2)}), FLOPs / rate, launches x floor) " +
              $"+ {F(m.SynchronizationCost * 1e6, 0)} µs per synchronisation (a read-back drains the stream); calls run back to back (one stream, no overlap). " +
              "Launches count kernels, memsets and device-to-device copies.");
+        Line($"- Launch floor: {F(m.LaunchFloor * 1e6, 0)} µs per kernel launched from C# (the eager column, and the one cuGraphLaunch per step); " +
+             $"{F(m.GraphNodeFloor * 1e6, 0)} µs per node of a replayed graph: no host work per kernel, but each grid still starts after the previous " +
+             "one drains (NVIDIA's \"Getting Started with CUDA Graphs\" measured ~2.9 µs kernels at 3.4 µs each from a graph against 3.8 µs from a stream, " +
+             "so under 1 µs of overhead per node; 1 µs is a cautious round figure).");
         Line($"- GEMM rate: bf16 tensor cores at {F(m.GemmEfficiency, 2)} x {F(m.TensorPeak / 1e12, 0)} TFLOP/s = {F(m.TensorPeak * m.GemmEfficiency / 1e12, 0)} TFLOP/s; " +
              $"fp32 (CUBLAS_COMPUTE_32F, no TF32) on CUDA cores at {F(m.Fp32GemmEfficiency, 2)} x {F(m.Fp32Peak / 1e12, 0)} TFLOP/s = {F(m.Fp32Peak * m.Fp32GemmEfficiency / 1e12, 1)} TFLOP/s.");
-        Line($"- Attention (kernels/attention.cu) runs on CUDA cores, not tensor cores, in fp32 whatever the storage type: {F(m.AttentionEfficiency, 2)} x the " +
+        Line($"- Attention (kernels/attention.cu), the kernels `CudaBackend.AttentionUsesTensorCores` picks: bf16 on the tensor-core kernels " +
+             $"(`attention_*_mma_bf16*`, mma.sync) at {F(100 * m.AttentionMmaForwardEfficiency, 0)}% (forward) and {F(100 * m.AttentionMmaBackwardEfficiency, 0)}% (backward) " +
+             $"of {F(m.TensorPeak / 1e12, 0)} TFLOP/s = {F(m.TensorPeak * m.AttentionMmaForwardEfficiency / 1e12, 0)} / {F(m.TensorPeak * m.AttentionMmaBackwardEfficiency / 1e12, 0)} TFLOP/s " +
+             "(docs/notes/cuda.md's assumption: FlashAttention-2's tuned mma.sync kernels reach ~35% of an H100's dense bf16 peak; ours have no ldmatrix or cp.async); " +
+             $"fp32 (and a bf16 backward with head_dim above 80) on CUDA cores in fp32: {F(m.AttentionEfficiency, 2)} x the " +
              $"{F(m.Fp32Peak / 1e12, 0)} TFLOP/s fp32 non-tensor peak = {F(m.Fp32Peak * m.AttentionEfficiency / 1e12, 1)} TFLOP/s.");
         Line("- Bytes are DRAM traffic: each element a kernel reads or writes once at its buffer's element size, accumulated gradients read " +
              "and written, re-reads inside a kernel (LayerNorm's passes over a row, attention's K/V tiles, broadcast operands) from cache.");
-        Line($"- Host transfers (batch, noise, labels, times and encoder targets up; the losses down) at {F(m.HostBandwidth / 1e9, 0)} GB/s, not overlapped.");
+        Line($"- Host transfers (batch, noise, labels, times, encoder targets and the optimiser's step scalars up before the step; the four loss figures " +
+             $"and the squared gradient norm down after it) at {F(m.HostBandwidth / 1e9, 0)} GB/s, not overlapped.");
         Line($"- MFU = model FLOPs / (step time x {F(m.TensorPeak / 1e12, 0)} TFLOP/s), the dense bf16 rate measured on an H100, for every column.");
         Line();
 
@@ -191,40 +217,52 @@ public sealed class StepEstimate
         double gemm = main.Calls.Where(c => c.Unit == ComputeUnit.Gemm).Sum(m.Seconds);
         double attention = main.Calls.Where(c => c.Family == "attention").Sum(m.Seconds);
         double rest = step - gemm - attention;
+        string MfuAt(double seconds, StepCostModel model) => F(100 * modelFlops / (seconds * model.TensorPeak), 1) + "%";
         Line();
         Line($"50% MFU means a step of at most {F(1e3 * target, 1)} ms. The GEMMs alone take {F(1e3 * gemm, 1)} ms, leaving {F(1e3 * (target - gemm), 1)} ms " +
-             $"for everything else, which costs {F(1e3 * (step - gemm), 1)} ms here (attention {F(1e3 * attention, 1)} ms, the rest {F(1e3 * rest, 1)} ms). What it would take:");
-        double tensorAttention = AttentionFlops(main) / (0.5 * m.TensorPeak);
-        double minimalAttention = AttentionFlops(main) * (4.0 + 10.0) / (4.0 + 14.0) / (0.5 * m.TensorPeak);
-        double withTensorCores = step - attention + tensorAttention;
-        Line($"- Tensor-core flash attention (bf16 `mma.sync`/`wgmma`) at 50% of {F(m.TensorPeak / 1e12, 0)} TFLOP/s: {F(1e3 * tensorAttention, 1)} ms instead of " +
-             $"{F(1e3 * attention, 1)} ms ({F(1e3 * minimalAttention, 1)} ms with the minimal 10 N H T^2 hd backward): step {F(1e3 * withTensorCores, 1)} ms, " +
-             $"{F(100 * modelFlops / (withTensorCores * m.TensorPeak), 1)}% MFU. This is the one change that matters most.");
-        double restBudget = target - gemm - tensorAttention;
+             $"for everything else, which costs {F(1e3 * (step - gemm), 1)} ms here (attention {F(1e3 * attention, 1)} ms, the rest {F(1e3 * rest, 1)} ms)" +
+             (step <= target ? ": the estimate meets it." : ". What it would take:"));
+        if (Traces.FirstOrDefault(t => !t.Graph && t.ActivationType == main.ActivationType) is { } eager && main.Graph)
+            Line($"- The CUDA graph is already in: launched kernel by kernel (`--cuda-graph false`) the same step takes {F(1e3 * StepSeconds(eager), 1)} ms " +
+                 $"({F(100 * Mfu(eager), 1)}% MFU); the {F(1e3 * (StepSeconds(eager) - step), 1)} ms between the two are launch floors " +
+                 $"({N(OnDevice(eager).Sum(c => c.Launches))} launches at {F(m.LaunchFloor * 1e6, 0)} µs against graph nodes at {F(m.GraphNodeFloor * 1e6, 0)} µs) " +
+                 "and the eager step's read-backs.");
+        if (mma)
+        {
+            var flashAttention2 = m with { AttentionMmaForwardEfficiency = 0.35, AttentionMmaBackwardEfficiency = 0.35 };
+            double tuned = main.Calls.Where(c => c.Family == "attention").Sum(flashAttention2.Seconds);
+            Line($"- Attention on tensor cores: {F(1e3 * attention, 1)} ms at the assumed {F(100 * m.AttentionMmaForwardEfficiency, 0)}% / " +
+                 $"{F(100 * m.AttentionMmaBackwardEfficiency, 0)}%; at FlashAttention-2's ~35% for both passes (ldmatrix, cp.async double buffering) " +
+                 $"{F(1e3 * tuned, 1)} ms, step {F(1e3 * (step - attention + tuned), 1)} ms, {MfuAt(step - attention + tuned, m)} MFU.");
+        }
+        double restBudget = target - gemm - attention;
         var optimLaunches = main.Calls.Where(c => c.Family == "optim").Sum(c => c.Launches);
-        Line($"- Then the bandwidth-bound rest ({F(1e3 * rest, 1)} ms) must fit in {F(1e3 * restBudget, 1)} ms" +
+        Line($"- The bandwidth-bound rest ({F(1e3 * rest, 1)} ms) must fit in {F(1e3 * restBudget, 1)} ms" +
              (restBudget < rest
                  ? $": {F(100 * (1 - Math.Max(restBudget, 0) / rest), 0)}% less traffic and launches. Candidates, by the rows above: gradients written instead of " +
                    "zero-filled and then accumulated into (`Fill`), GELU's backward in the input-gradient GEMM's epilogue (cuBLASLt DGELU; `GeluBackward`), " +
                    "LayerNorm and the gated residual fused with their neighbours (the norm family), a bf16 weight copy written by AdamW instead of casts on " +
-                   $"use (`Convert`, `Axpby`), AdamW/EMA/the squared norm over one parameter arena (3 launches and one read-back instead of {N(optimLaunches)} " +
-                   "launches and a read-back per tensor), a CUDA graph for the launch floor, and the host uploads overlapped with compute."
+                   $"use (`Convert`, `Axpby`), AdamW/EMA/the squared norm over one parameter arena (a few launches instead of {N(optimLaunches)}), " +
+                   "and the host uploads overlapped with compute."
                  : ": it already does."));
         Line($"- GEMMs at {F(100 * m.GemmEfficiency, 0)}% of {F(m.TensorPeak / 1e12, 0)} TFLOP/s cap MFU at {F(100 * modelFlops / (gemm * m.TensorPeak), 0)}% even with everything else free.");
-        // How much the tensor-core-attention figure hangs on the guessed efficiencies.
-        string WithTensorCoreAttention(StepCostModel variant) =>
-            F(100 * modelFlops / ((main.Calls.Where(c => c.Family != "attention").Sum(variant.Seconds) + tensorAttention) * variant.TensorPeak), 1) + "%";
-        Line($"- Sensitivity of the tensor-core-attention MFU ({F(100 * modelFlops / (withTensorCores * m.TensorPeak), 1)}%) to the guesses: GEMMs at 70% / 90% of " +
-             $"{F(m.TensorPeak / 1e12, 0)} TFLOP/s give {WithTensorCoreAttention(m with { GemmEfficiency = 0.7 })} / {WithTensorCoreAttention(m with { GemmEfficiency = 0.9 })}; " +
-             $"the bandwidth-bound kernels at 60% / 100% of {F(m.MemoryBandwidth / 1e12, 1)} TB/s give {WithTensorCoreAttention(m with { MemoryEfficiency = 0.6 })} / " +
-             $"{WithTensorCoreAttention(m with { MemoryEfficiency = 1.0 })}.");
+        // How much the figure hangs on the guessed efficiencies.
+        string With(StepCostModel variant) => MfuAt(main.Calls.Sum(variant.Seconds), variant);
+        Line($"- Sensitivity of the {main.Name} MFU ({F(100 * Mfu(main), 1)}%) to the guesses: GEMMs at 70% / 90% of {F(m.TensorPeak / 1e12, 0)} TFLOP/s give " +
+             $"{With(m with { GemmEfficiency = 0.7 })} / {With(m with { GemmEfficiency = 0.9 })}; the bandwidth-bound kernels at 60% / 100% of " +
+             $"{F(m.MemoryBandwidth / 1e12, 1)} TB/s give {With(m with { MemoryEfficiency = 0.6 })} / {With(m with { MemoryEfficiency = 1.0 })}; " +
+             $"tensor-core attention at half / 1.5x its assumed efficiency gives " +
+             $"{With(m with { AttentionMmaForwardEfficiency = m.AttentionMmaForwardEfficiency / 2, AttentionMmaBackwardEfficiency = m.AttentionMmaBackwardEfficiency / 2 })} / " +
+             $"{With(m with { AttentionMmaForwardEfficiency = m.AttentionMmaForwardEfficiency * 1.5, AttentionMmaBackwardEfficiency = m.AttentionMmaBackwardEfficiency * 1.5 })}; " +
+             $"graph nodes at {F(m.GraphNodeFloor * 2e6, 0)} µs give {With(m with { GraphNodeFloor = 2 * m.GraphNodeFloor })}.");
         Line();
         Line("## Limits of this estimate");
         Line("- Nothing here is measured. The efficiencies above are guesses to be replaced by timings on a GPU.");
         Line("- One GEMM efficiency for every shape (the small adaLN GEMMs, M = batch, come out bandwidth-bound by the roofline anyway); " +
              "no L2 reuse between kernels (the activations, 75.5 M elements each, exceed the 50 MB L2); no overlap of transfers and compute.");
-        Line("- Host work is not counted: the batch, noise and time draws (Philox on the CPU), the data loading, the C# side of each launch " +
-             "(assumed hidden behind running kernels except at synchronisations), and the REPA encoder (its targets are cached, as `EncoderTargets` does).");
+        Line("- Host work is not counted: the batch, noise and time draws (Philox on the CPU), the data loading, the C# side of each eager launch " +
+             "beyond the launch floor (assumed hidden behind running kernels except at synchronisations), the graph's one-time capture and instantiation, " +
+             "and the REPA encoder (its targets are cached, as `EncoderTargets` does).");
         return sb.ToString();
 
         // One row per key (null: not in this table), columns per trace; sorted by the default trace's time.

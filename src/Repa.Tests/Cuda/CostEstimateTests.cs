@@ -133,6 +133,99 @@ public sealed class CostEstimateTests
         Assert.That(backward.Bytes, Is.EqualTo((2 * rows3 + rows1 + 2 * rows1 + 2 * stats + 2 * stats + 2 * rows3) * 4));
     }
 
+    /// <summary>bf16 attention at SiT's head_dim 72 takes the tensor-core kernels (CudaBackend's rule): executed FLOPs
+    /// with the inner size padded to 80 and n to 72, priced at 25% (forward) / 20% (backward) of 800 TFLOP/s; bf16 at
+    /// head_dim 96 keeps the tensor-core forward but the CUDA-core backward.</summary>
+    [Test]
+    public void Bf16AttentionRunsOnTensorCoresWithPaddedHeads()
+    {
+        using var backend = new CostBackend();
+        const int batch = 2, tokens = 64, heads = 3, headDim = 72, width = heads * headDim;
+        var qkv = backend.Allocate(DType.BF16, batch * tokens * 3 * width);
+        var output = backend.Allocate(DType.BF16, batch * tokens * width);
+        var lse = backend.Allocate(DType.BF16, batch * heads * tokens);
+        var dOutput = backend.Allocate(DType.BF16, batch * tokens * width);
+        var dQkv = backend.Allocate(DType.BF16, batch * tokens * 3 * width);
+        backend.AttentionForward(qkv, output, lse, batch, tokens, heads, headDim, 0.5);
+        backend.AttentionBackward(qkv, output, dOutput, lse, dQkv, batch, tokens, heads, headDim, 0.5);
+        var (forward, backward) = (backend.Calls[0], backend.Calls[1]);
+        double scores = (double)batch * heads * tokens * tokens; // 24576
+        Assert.That((forward.Unit, backward.Unit), Is.EqualTo((ComputeUnit.TensorCores, ComputeUnit.TensorCores)));
+        Assert.That(forward.Flops, Is.EqualTo(2 * scores * (80 + 72)), "S with k = 80, PV with n = 72");
+        Assert.That(backward.Flops, Is.EqualTo(2 * scores * (4 * 80 + 3 * 72)), "S and dP in both passes at k = 80; dQ, dV, dK at n = 72");
+        Assert.That(forward.Flops, Is.EqualTo(7_471_104));
+        var model = new StepCostModel();
+        // 7.47 MFLOP at 200 TFLOP/s = 37.4 ns, under the 3 µs floor; scaled up it is the FLOP term that counts.
+        Assert.That(model.Seconds(forward), Is.EqualTo(3e-6));
+        var big = forward with { Flops = 2e12, Bytes = 0, Launches = 1 };
+        Assert.That(model.Seconds(big), Is.EqualTo(2e12 / (0.25 * 800e12)).Within(1e-9).Percent);
+        Assert.That(model.Seconds(big with { Kind = backward.Kind }), Is.EqualTo(2e12 / (0.20 * 800e12)).Within(1e-9).Percent);
+
+        backend.Clear();
+        const int wide = 96;
+        var qkv96 = backend.Allocate(DType.BF16, batch * tokens * 3 * heads * wide);
+        var out96 = backend.Allocate(DType.BF16, batch * tokens * heads * wide);
+        backend.AttentionForward(qkv96, out96, lse, batch, tokens, heads, wide, 0.5);
+        backend.AttentionBackward(qkv96, out96, out96, lse, qkv96, batch, tokens, heads, wide, 0.5);
+        Assert.That(backend.Calls.Select(c => c.Unit), Is.EqualTo(new[] { ComputeUnit.TensorCores, ComputeUnit.CudaCores }),
+            $"the tensor-core backward stops at head_dim {Repa.Kernels.Cuda.CudaBackend.AttentionMmaBackwardMaxHeadDim}");
+        Assert.That(backend.Calls[1].Flops, Is.EqualTo(14 * scores * wide));
+    }
+
+    /// <summary>The device-scalar optimiser members cost what kernels/optim.cu does: AdamW reads grad and the four
+    /// float64 scalars and updates param, m and v; the squared norm is two kernels and no read-back.</summary>
+    [Test]
+    public void DeviceAdamWAndSquaredNormCostTheirKernels()
+    {
+        using var backend = new CostBackend();
+        const long n = 3000;
+        var (param, grad, m, v) = (backend.Allocate(DType.F32, n), backend.Allocate(DType.F32, n), backend.Allocate(DType.F32, n), backend.Allocate(DType.F32, n));
+        var scalars = backend.Allocate(DType.F64, 4);
+        backend.SumOfSquares(grad, n, scalars, accumulate: true);
+        backend.AdamWStep(param, grad, m, v, n, 0.9, 0.999, 1e-8, 1.0, scalars);
+        backend.AccumulateScalar(backend.Allocate(DType.F32, 1), scalars, 2, 1);
+        var (norm, adamw, accumulate) = (backend.Calls[0], backend.Calls[1], backend.Calls[2]);
+        Assert.That((norm.Launches, norm.Synchronizations), Is.EqualTo((2, 0)));
+        // x read, 3 float64 partials written and read, the total read and written.
+        Assert.That(norm.Bytes, Is.EqualTo(n * 4 + 2 * 3 * 8 + 2 * 8));
+        Assert.That((adamw.Launches, adamw.Synchronizations), Is.EqualTo((1, 0)));
+        Assert.That(adamw.Bytes, Is.EqualTo((2 * n + n + 2 * n + 2 * n) * 4 + 4 * 8), "param, m, v read and written; grad read; the scalars");
+        Assert.That((accumulate.Launches, accumulate.Bytes), Is.EqualTo((1, 4 + 2 * 8)));
+        // 84 KB at 2.4 TB/s is 35 ns: the launch floor decides, 3 µs eagerly.
+        Assert.That(new StepCostModel().Seconds(adamw), Is.EqualTo(3e-6));
+    }
+
+    /// <summary>A capture records nothing in the trace and refuses host transfers; each launch records one
+    /// cuGraphLaunch (the eager floor) and the body's calls as graph nodes, priced at the node floor.</summary>
+    [Test]
+    public void CaptureRecordsTheBodyOnceAndEveryLaunchReplaysIt()
+    {
+        using var backend = new CostBackend();
+        var x = backend.Allocate(DType.F32, 8);
+        int runs = 0;
+        using var graph = backend.Capture(() =>
+        {
+            runs++;
+            backend.Fill(x, 0, 8, 1);
+            backend.EmaUpdate(x, x, 8, 0.5);
+        });
+        Assert.That((runs, backend.Calls.Count), Is.EqualTo((1, 0)), "the body's host code runs once, at capture, and records into the graph");
+        graph.Launch();
+        graph.Launch();
+        Assert.That(runs, Is.EqualTo(1));
+        Assert.That(backend.Calls.Select(c => (c.Kind, c.InGraph)), Is.EqualTo(new[]
+        {
+            ("cuGraphLaunch", false), ("Fill", true), ("EmaUpdate", true),
+            ("cuGraphLaunch", false), ("Fill", true), ("EmaUpdate", true),
+        }));
+        var model = new StepCostModel();
+        Assert.That(backend.Calls.Sum(model.Seconds), Is.EqualTo(2 * (3e-6 + 2 * 1e-6)).Within(1e-9).Percent, "nodes at 1 µs, the launch at 3 µs");
+        Assert.That(backend.Calls.Sum(c => model.Seconds(c, eager: true)), Is.EqualTo(2 * 3 * 3e-6).Within(1e-9).Percent);
+        Assert.Throws<InvalidOperationException>(() => backend.Capture(() => backend.Upload<float>([1f], x)));
+        Assert.Throws<InvalidOperationException>(() => backend.Capture(() => backend.SumOfSquares(x, 8)));
+        Assert.That(backend.Calls, Has.Count.EqualTo(6), "a refused capture leaves nothing behind");
+    }
+
     [Test]
     public void FlowStepReadsTheStateAndBothGuidedHalves()
     {
@@ -166,7 +259,7 @@ public sealed class CostEstimateTests
     /// the formula counts (3 x 4 T^2 D per block) but which runs in its own kernel, and the input gradients of the
     /// patch embedding and of the timestep MLP's first layer, which the formula's "3 x forward" includes but autograd
     /// skips (their inputs need no gradient). So the GEMMs are ~96.5% of the model FLOPs for SiT-XL/2 at 256 tokens,
-    /// in either precision.
+    /// in either precision, with or without the graph.
     /// </summary>
     [Test]
     public void StepGemmFlopsMatchTheTrainersFormula()
@@ -177,15 +270,24 @@ public sealed class CostEstimateTests
         double attention = 3 * config.Depth * 4 * t * t * d;
         double skippedInputGradients = 2 * t * d * (config.PatchSize * config.PatchSize * e.Channels) + 2 * SiTConfig.FrequencyEmbeddingSize * d;
         double expected = (e.FlopsPerImage - attention - skippedInputGradients) * batch;
-        Assert.That(e.Traces, Has.Count.EqualTo(2));
+        Assert.That(e.Traces.Select(t => (t.Name, t.Graph)), Is.EqualTo(new[] { ("bf16", true), ("bf16 eager", false), ("fp32", true) }));
         foreach (var trace in e.Traces)
         {
             Assert.That(StepEstimate.GemmFlops(trace), Is.EqualTo(expected).Within(1e-12).Percent, trace.Name);
             Assert.That(StepEstimate.GemmFlops(trace) / (e.FlopsPerImage * batch), Is.InRange(0.96, 0.97), trace.Name);
-            // Attention as executed: 4 forward + 14 backward against the formula's 12 (3 x 4) per T^2 D.
-            Assert.That(StepEstimate.AttentionFlops(trace), Is.EqualTo(attention * batch * 18 / 12).Within(1e-12).Percent, trace.Name);
-            Assert.That(trace.Calls.Count(c => c.Kind == "AdamWStep"), Is.EqualTo(trace.Calls.Count(c => c.Kind == "EmaUpdate")),
-                "one AdamW and one EMA update per parameter");
+            // Attention as executed: CUDA cores (fp32) 4 forward + 14 backward against the formula's 12 (3 x 4) per T^2 D;
+            // tensor cores (bf16, head_dim 72) 2 (80 + 72) + 2 (4 x 80 + 3 x 72) = 1376 per T^2 head against 12 x 72 = 864.
+            double executed = trace.ActivationType == DType.BF16 ? 1376.0 / 864 : 18.0 / 12;
+            Assert.That(StepEstimate.AttentionFlops(trace), Is.EqualTo(attention * batch * executed).Within(1e-12).Percent, trace.Name);
+            int parameters = trace.Calls.Count(c => c.Kind == "EmaUpdate");
+            Assert.That(trace.Calls.Count(c => c.Kind == "AdamWStep (device scalars)"), Is.EqualTo(parameters), "one AdamW and one EMA update per parameter");
+            Assert.That(trace.Calls.Count(c => c.Kind == "SumOfSquares (device)"), Is.EqualTo(parameters), "a squared norm per gradient, summed on the device");
+            // The read-backs: the four figures and the squared norm after the step, plus, eagerly, the embedding's bad-id flag.
+            Assert.That(trace.Calls.Sum(c => c.Synchronizations), Is.EqualTo(trace.Graph ? 2 : 3), trace.Name);
+            var device = trace.Calls.Where(c => c.Unit != ComputeUnit.Host && c.Family != "graph").ToList();
+            // Outside the graph only the encoder targets' copy into the step's input tensor (before the launch).
+            Assert.That(device.Where(c => c.InGraph != trace.Graph).Select(c => c.Family + " " + c.Kind).Distinct(),
+                Is.EqualTo(trace.Graph ? new[] { "memory Copy" } : []), trace.Name);
         }
     }
 
@@ -194,7 +296,7 @@ public sealed class CostEstimateTests
     [Test]
     public void TheDefaultTraceIsBf16MixedPrecisionOnTensorCores()
     {
-        var (bf16, fp32) = (Estimate.Default, Estimate.Traces[1]);
+        var (bf16, fp32) = (Estimate.Default, Estimate.Traces[2]);
         Assert.That((bf16.ActivationType, bf16.Setting, fp32.ActivationType, fp32.Setting), Is.EqualTo((DType.BF16, "auto", DType.F32, "no")));
         Assert.That(bf16.Calls.Where(c => c.Unit == ComputeUnit.Gemm).Select(c => c.InputType).Distinct(), Is.EqualTo(new DType?[] { DType.BF16 }));
         Assert.That(fp32.Calls.Where(c => c.Unit == ComputeUnit.Gemm).Select(c => c.InputType).Distinct(), Is.EqualTo(new DType?[] { DType.F32 }));
@@ -203,6 +305,10 @@ public sealed class CostEstimateTests
         Assert.That(bytes16, Is.LessThan(0.7 * bytes32));
         Assert.That(Estimate.StepSeconds(bf16), Is.LessThan(Estimate.StepSeconds(fp32) / 3), "fp32 GEMMs run on CUDA cores");
         Assert.That(Estimate.Mfu(bf16), Is.InRange(0.0, 1.0));
+        var eager = Estimate.Traces[1];
+        Assert.That(Estimate.StepSeconds(eager), Is.GreaterThan(Estimate.StepSeconds(bf16)), "the graph's nodes cost less than launches from C#");
+        Assert.That(bf16.Calls.Where(c => c.Family == "attention").Select(c => c.Unit).Distinct(), Is.EqualTo(new[] { ComputeUnit.TensorCores }));
+        Assert.That(fp32.Calls.Where(c => c.Family == "attention").Select(c => c.Unit).Distinct(), Is.EqualTo(new[] { ComputeUnit.CudaCores }));
     }
 
     [Test]
