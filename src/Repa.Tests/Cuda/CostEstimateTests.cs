@@ -112,16 +112,8 @@ public sealed class CostEstimateTests
     [Test]
     public void AttentionCountsCudaCoreFlopsAndTheBackwardsRecompute()
     {
-        using var backend = new CostBackend();
         const int batch = 2, tokens = 8, heads = 2, headDim = 4, width = heads * headDim;
-        var qkv = backend.Allocate(DType.F32, batch * tokens * 3 * width);
-        var output = backend.Allocate(DType.F32, batch * tokens * width);
-        var lse = backend.Allocate(DType.F32, batch * heads * tokens);
-        var dOutput = backend.Allocate(DType.F32, batch * tokens * width);
-        var dQkv = backend.Allocate(DType.F32, batch * tokens * 3 * width);
-        backend.AttentionForward(qkv, output, lse, batch, tokens, heads, headDim, 0.5);
-        backend.AttentionBackward(qkv, output, dOutput, lse, dQkv, batch, tokens, heads, headDim, 0.5);
-        var (forward, backward) = (backend.Calls[0], backend.Calls[1]);
+        var (forward, backward) = TraceAttention(DType.F32, batch, tokens, heads, headDim);
         double scores = (double)batch * heads * tokens * tokens * headDim;
         Assert.That(forward.Unit, Is.EqualTo(ComputeUnit.CudaCores));
         Assert.That(forward.Flops, Is.EqualTo(4 * scores), "QK^T and PV: 2 T^2 hd each per (n, h)");
@@ -133,22 +125,29 @@ public sealed class CostEstimateTests
         Assert.That(backward.Bytes, Is.EqualTo((2 * rows3 + rows1 + 2 * rows1 + 2 * stats + 2 * stats + 2 * rows3) * 4));
     }
 
+    /// <summary>The forward and backward calls of one attention of the given shape, all buffers of one dtype.</summary>
+    private static (KernelCall Forward, KernelCall Backward) TraceAttention(DType dtype, int batch, int tokens, int heads, int headDim)
+    {
+        using var backend = new CostBackend();
+        int width = heads * headDim;
+        var qkv = backend.Allocate(dtype, batch * tokens * 3 * width);
+        var output = backend.Allocate(dtype, batch * tokens * width);
+        var lse = backend.Allocate(dtype, batch * heads * tokens);
+        var dOutput = backend.Allocate(dtype, batch * tokens * width);
+        var dQkv = backend.Allocate(dtype, batch * tokens * 3 * width);
+        backend.AttentionForward(qkv, output, lse, batch, tokens, heads, headDim, 0.5);
+        backend.AttentionBackward(qkv, output, dOutput, lse, dQkv, batch, tokens, heads, headDim, 0.5);
+        return (backend.Calls[0], backend.Calls[1]);
+    }
+
     /// <summary>bf16 attention at SiT's head_dim 72 takes the tensor-core kernels (CudaBackend's rule): executed FLOPs
     /// with the inner size padded to 80 and n to 72, priced at 25% (forward) / 20% (backward) of 800 TFLOP/s; bf16 at
     /// head_dim 96 keeps the tensor-core forward but the CUDA-core backward.</summary>
     [Test]
     public void Bf16AttentionRunsOnTensorCoresWithPaddedHeads()
     {
-        using var backend = new CostBackend();
-        const int batch = 2, tokens = 64, heads = 3, headDim = 72, width = heads * headDim;
-        var qkv = backend.Allocate(DType.BF16, batch * tokens * 3 * width);
-        var output = backend.Allocate(DType.BF16, batch * tokens * width);
-        var lse = backend.Allocate(DType.BF16, batch * heads * tokens);
-        var dOutput = backend.Allocate(DType.BF16, batch * tokens * width);
-        var dQkv = backend.Allocate(DType.BF16, batch * tokens * 3 * width);
-        backend.AttentionForward(qkv, output, lse, batch, tokens, heads, headDim, 0.5);
-        backend.AttentionBackward(qkv, output, dOutput, lse, dQkv, batch, tokens, heads, headDim, 0.5);
-        var (forward, backward) = (backend.Calls[0], backend.Calls[1]);
+        const int batch = 2, tokens = 64, heads = 3, headDim = 72;
+        var (forward, backward) = TraceAttention(DType.BF16, batch, tokens, heads, headDim);
         double scores = (double)batch * heads * tokens * tokens; // 24576
         Assert.That((forward.Unit, backward.Unit), Is.EqualTo((ComputeUnit.TensorCores, ComputeUnit.TensorCores)));
         Assert.That(forward.Flops, Is.EqualTo(2 * scores * (80 + 72)), "S with k = 80, PV with n = 72");
@@ -161,15 +160,11 @@ public sealed class CostEstimateTests
         Assert.That(model.Seconds(big), Is.EqualTo(2e12 / (0.25 * 800e12)).Within(1e-9).Percent);
         Assert.That(model.Seconds(big with { Kind = backward.Kind }), Is.EqualTo(2e12 / (0.20 * 800e12)).Within(1e-9).Percent);
 
-        backend.Clear();
         const int wide = 96;
-        var qkv96 = backend.Allocate(DType.BF16, batch * tokens * 3 * heads * wide);
-        var out96 = backend.Allocate(DType.BF16, batch * tokens * heads * wide);
-        backend.AttentionForward(qkv96, out96, lse, batch, tokens, heads, wide, 0.5);
-        backend.AttentionBackward(qkv96, out96, out96, lse, qkv96, batch, tokens, heads, wide, 0.5);
-        Assert.That(backend.Calls.Select(c => c.Unit), Is.EqualTo(new[] { ComputeUnit.TensorCores, ComputeUnit.CudaCores }),
+        var (forward96, backward96) = TraceAttention(DType.BF16, batch, tokens, heads, wide);
+        Assert.That((forward96.Unit, backward96.Unit), Is.EqualTo((ComputeUnit.TensorCores, ComputeUnit.CudaCores)),
             $"the tensor-core backward stops at head_dim {Repa.Kernels.Cuda.CudaBackend.AttentionMmaBackwardMaxHeadDim}");
-        Assert.That(backend.Calls[1].Flops, Is.EqualTo(14 * scores * wide));
+        Assert.That(backward96.Flops, Is.EqualTo(14 * scores * wide));
     }
 
     /// <summary>The device-scalar optimiser members cost what kernels/optim.cu does: AdamW reads grad and the four
