@@ -186,6 +186,107 @@ REPA_DEVICE double block_sum_double(double v, double* scratch)
     return v;
 }
 
+// ---- tensor-core MMA (warp level) ----------------------------------------------------------------------------------
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (sm_80+): a warp computes D = A B + C with A 16 x 16 bf16 (row),
+// B 16 x 8 bf16 (col), C and D 16 x 8 fp32. Each lane holds fragments; the layout is the PTX ISA's, section "Matrix
+// Fragments for mma.m16n8k16 with floating point type" (PTX ISA 7.x/8.x, under 9.7.13.4 "Matrix multiply-accumulate
+// operation using mma instruction"). With g = lane / 4 (groupID) and t = lane % 4 (threadID_in_group):
+//   A: 4 x b32, each 2 bf16 (element with the lower column in the low 16 bits):
+//      a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9]
+//   B: 2 x b32 (lower k in the low half): b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]
+//   C, D: 4 x f32: c[0] = C[g][2t], c[1] = C[g][2t+1], c[2] = C[g+8][2t], c[3] = C[g+8][2t+1]
+// So a lane's D fragment (rows g and g+8, columns 2t and 2t+1 of an 8-column tile) packed into bf16 pairs is exactly
+// its A fragment for the next product over those 16 columns (two adjacent n-tiles): the flash-attention trick of
+// keeping P in registers. All 32 lanes must execute it together (it is .sync.aligned).
+// Under the emulator the same semantics are computed in C++ (mma_bf16_m16n8k16 below): the products of two bf16 are
+// exact in fp32 and are added to C in k order in fp32. Tensor cores add with a different (unspecified) order and
+// internal rounding, so the two agree to fp32 rounding of a 16-term sum, not bit for bit.
+// kernels/emu/tests (emu_mma_kernels.cu, checked by emu_selftest) holds the emulated one against a plain product with
+// the layout written out independently from the PTX ISA: the emulator is what vouches for the layout used here.
+
+/// Two bf16 (lower index in the low half) in one b32 register: the operand element type of the MMA.
+REPA_DEVICE unsigned int pack_bf16x2(float low, float high)
+{
+    return (unsigned int)float_to_bf16_bits(low) | ((unsigned int)float_to_bf16_bits(high) << 16);
+}
+
+/// Two consecutive bf16 of memory (4-byte aligned) as one b32 register, first element in the low half.
+REPA_DEVICE unsigned int load_bf16x2(const bf16* p)
+{
+    return (unsigned int)p[0].bits | ((unsigned int)p[1].bits << 16);
+}
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+
+/// d = a b + c on the tensor cores (fragments as above; d may alias c).
+REPA_DEVICE void mma_bf16_m16n8k16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2],
+                                   const float (&c)[4])
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%10, %11, %12, %13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+                   "f"(c[3]));
+}
+
+#else
+
+/// One lane's operands, published to the other lanes of its warp for the emulated MMA.
+struct mma_lane_operands
+{
+    unsigned int a[4];
+    unsigned int b[2];
+};
+
+/// The exchange table of the emulated MMA: one slot per lane of up to 32 warps. thread_local = the block's shared
+/// memory under the emulator (every coroutine of a block runs on one OS thread, one block at a time).
+inline mma_lane_operands (&mma_exchange())[32][32]
+{
+    static thread_local mma_lane_operands table[32][32];
+    return table;
+}
+
+REPA_DEVICE float mma_a_element(const mma_lane_operands* lanes, int row, int k)
+{
+    const mma_lane_operands& owner = lanes[(row & 7) * 4 + ((k & 7) >> 1)];
+    unsigned int pair = owner.a[(row >> 3) + 2 * (k >> 3)];
+    return bf16_bits_to_float((unsigned short)(k & 1 ? pair >> 16 : pair & 0xffffu));
+}
+
+REPA_DEVICE float mma_b_element(const mma_lane_operands* lanes, int k, int column)
+{
+    const mma_lane_operands& owner = lanes[column * 4 + ((k & 7) >> 1)];
+    unsigned int pair = owner.b[k >> 3];
+    return bf16_bits_to_float((unsigned short)(k & 1 ? pair >> 16 : pair & 0xffffu));
+}
+
+/// The emulator's mma.sync m16n8k16 bf16: every lane publishes its A and B fragments, the warp meets (__syncwarp, a
+/// warp collective: all 32 lanes must arrive, as .aligned requires), each lane computes its own D fragment from the
+/// others' operands, and the warp meets again before anyone may overwrite its slot.
+REPA_DEVICE void mma_bf16_m16n8k16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2],
+                                   const float (&c)[4])
+{
+    int thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    mma_lane_operands* lanes = mma_exchange()[thread >> 5];
+    int lane = thread & 31;
+    for (int i = 0; i < 4; ++i) lanes[lane].a[i] = a[i];
+    for (int i = 0; i < 2; ++i) lanes[lane].b[i] = b[i];
+    __syncwarp();
+    int g = lane >> 2, t = lane & 3;
+    float result[4];
+    for (int i = 0; i < 4; ++i)
+    {
+        int row = g + 8 * (i >> 1), column = 2 * t + (i & 1);
+        float sum = c[i];
+        for (int k = 0; k < 16; ++k) sum += mma_a_element(lanes, row, k) * mma_b_element(lanes, k, column);
+        result[i] = sum;
+    }
+    __syncwarp();
+    for (int i = 0; i < 4; ++i) d[i] = result[i];
+}
+
+#endif
+
 // ---- indexing ------------------------------------------------------------------------------------------------------
 
 /// First element of this thread in a grid-stride loop over 64-bit element counts.

@@ -45,10 +45,10 @@ REPA_KERNEL(sum_of_squares_finish);
 //   v = beta2 v + ((1 - beta2) g) g; param = p + (neg_step_size m) / (sqrt(v) / sqrt_bias2 + eps)
 // with neg_step_size = -lr / (1 - beta1^step) and sqrt_bias2 = sqrt(1 - beta2^step). param_bf16: null, or [n] bf16 that
 // receives the updated parameters rounded to nearest even.
-extern "C" __global__ void adamw_step_f32(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
-                                          float* __restrict__ v, long long n, float grad_scale, float decay, float beta1,
-                                          float beta2, float one_minus_beta1, float one_minus_beta2, float sqrt_bias2,
-                                          float eps, float neg_step_size, bf16* __restrict__ param_bf16)
+REPA_DEVICE void adamw_elements(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
+                                float* __restrict__ v, long long n, float grad_scale, float decay, float beta1,
+                                float beta2, float one_minus_beta1, float one_minus_beta2, float sqrt_bias2, float eps,
+                                float neg_step_size, bf16* __restrict__ param_bf16)
 {
     for (long long i = repa::grid_start(); i < n; i += repa::grid_stride())
     {
@@ -64,7 +64,51 @@ extern "C" __global__ void adamw_step_f32(float* __restrict__ param, const float
         if (param_bf16 != nullptr) param_bf16[i] = repa::from_float<bf16>(p);
     }
 }
+
+extern "C" __global__ void adamw_step_f32(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
+                                          float* __restrict__ v, long long n, float grad_scale, float decay, float beta1,
+                                          float beta2, float one_minus_beta1, float one_minus_beta2, float sqrt_bias2,
+                                          float eps, float neg_step_size, bf16* __restrict__ param_bf16)
+{
+    adamw_elements(param, grad, m, v, n, grad_scale, decay, beta1, beta2, one_minus_beta1, one_minus_beta2, sqrt_bias2,
+                   eps, neg_step_size, param_bf16);
+}
 REPA_KERNEL(adamw_step_f32);
+
+// adamw_step_f32 with the step's varying scalars read from device memory (a CUDA graph replays it unchanged):
+// scalars = {sum of squares of every gradient, -lr / (1 - beta1^step), sqrt(1 - beta2^step), 1 - lr wd}, fp64. The clip
+// scale is torch's clip_grad_norm_ coefficient min(max_norm / (norm + 1e-6), 1) in fp64 (NaN stays NaN, as torch.clamp),
+// no clip when max_norm <= 0; every scalar is rounded once to fp32, as the host does for adamw_step_f32.
+extern "C" __global__ void adamw_step_device_f32(float* __restrict__ param, const float* __restrict__ grad,
+                                                 float* __restrict__ m, float* __restrict__ v, long long n,
+                                                 const double* __restrict__ scalars, double max_norm, float beta1,
+                                                 float beta2, float one_minus_beta1, float one_minus_beta2, float eps,
+                                                 bf16* __restrict__ param_bf16)
+{
+    float grad_scale = 1.0f;
+    if (max_norm > 0.0)
+    {
+        double q = __ddiv_rn(max_norm, __dadd_rn(__dsqrt_rn(scalars[0]), 1e-6));
+        grad_scale = (float)(q != q ? q : (q < 1.0 ? q : 1.0));
+    }
+    adamw_elements(param, grad, m, v, n, grad_scale, (float)scalars[3], beta1, beta2, one_minus_beta1, one_minus_beta2,
+                   (float)scalars[2], eps, (float)scalars[1], param_bf16);
+}
+REPA_KERNEL(adamw_step_device_f32);
+
+// accumulator[0] += (double)x[0] / divisor: a step's loss figures summed over its micro-batches on the device, in the
+// host's fp64 arithmetic (x fp32 is exact in fp64). One thread.
+extern "C" __global__ void accumulate_scalar_f32(const float* __restrict__ x, double* __restrict__ accumulator, double divisor)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0) *accumulator = __dadd_rn(*accumulator, __ddiv_rn((double)x[0], divisor));
+}
+REPA_KERNEL(accumulate_scalar_f32);
+
+extern "C" __global__ void accumulate_scalar_f64(const double* __restrict__ x, double* __restrict__ accumulator, double divisor)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0) *accumulator = __dadd_rn(*accumulator, __ddiv_rn(x[0], divisor));
+}
+REPA_KERNEL(accumulate_scalar_f64);
 
 // ema = ema decay + (1 - decay) param (PyTorch's ema.mul_(d).add_(p, alpha=1 - d)); one_minus_decay = (float)(1 - decay)
 // formed in fp64.

@@ -15,6 +15,8 @@ typedef struct CUmod_st* CUmodule;
 typedef struct CUfunc_st* CUfunction;
 typedef struct CUstream_st* CUstream;
 typedef struct CUevent_st* CUevent;
+typedef struct CUgraph_st* CUgraph;
+typedef struct CUgraphExec_st* CUgraphExec;
 typedef int CUdevice_attribute;
 typedef int CUfunction_attribute;
 
@@ -29,6 +31,7 @@ enum : int {
   CUDA_ERROR_INVALID_CONTEXT = 201,
   CUDA_ERROR_INVALID_PTX = 218,
   CUDA_ERROR_INVALID_HANDLE = 400,
+  CUDA_ERROR_ILLEGAL_STATE = 401,
   CUDA_ERROR_NOT_FOUND = 500,
   CUDA_ERROR_NOT_READY = 600,
   CUDA_ERROR_ILLEGAL_ADDRESS = 700,
@@ -36,6 +39,10 @@ enum : int {
   CUDA_ERROR_ASSERT = 710,
   CUDA_ERROR_LAUNCH_FAILED = 719,
   CUDA_ERROR_NOT_SUPPORTED = 801,
+  CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+  CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+  CUDA_ERROR_STREAM_CAPTURE_IMPLICIT = 906,
+  CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD = 908,
   CUDA_ERROR_UNKNOWN = 999,
 };
 
@@ -80,6 +87,11 @@ enum : int {
   CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8,
   CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9,
 };
+
+// CUstreamCaptureMode and CUstreamCaptureStatus.
+enum : int { CU_STREAM_CAPTURE_MODE_GLOBAL = 0, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1, CU_STREAM_CAPTURE_MODE_RELAXED = 2 };
+enum : int { CU_STREAM_CAPTURE_STATUS_NONE = 0, CU_STREAM_CAPTURE_STATUS_ACTIVE = 1, CU_STREAM_CAPTURE_STATUS_INVALIDATED = 2 };
+enum : unsigned { CU_STREAM_DEFAULT = 0, CU_STREAM_NON_BLOCKING = 1 };
 
 enum : unsigned { CU_EVENT_DEFAULT = 0, CU_EVENT_BLOCKING_SYNC = 1, CU_EVENT_DISABLE_TIMING = 2 };
 
@@ -158,6 +170,13 @@ REPA_EMU_API CUresult cuStreamCreate(CUstream* stream, unsigned flags);
 REPA_EMU_API CUresult cuStreamDestroy_v2(CUstream stream);
 REPA_EMU_API CUresult cuStreamSynchronize(CUstream stream);
 REPA_EMU_API CUresult cuStreamQuery(CUstream stream);
+REPA_EMU_API CUresult cuStreamBeginCapture_v2(CUstream stream, int mode);
+REPA_EMU_API CUresult cuStreamEndCapture(CUstream stream, CUgraph* graph);
+REPA_EMU_API CUresult cuStreamIsCapturing(CUstream stream, int* status);
+REPA_EMU_API CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph graph, unsigned long long flags);
+REPA_EMU_API CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream);
+REPA_EMU_API CUresult cuGraphExecDestroy(CUgraphExec exec);
+REPA_EMU_API CUresult cuGraphDestroy(CUgraph graph);
 REPA_EMU_API CUresult cuStreamWaitEvent(CUstream stream, CUevent event, unsigned flags);
 REPA_EMU_API CUresult cuEventCreate(CUevent* event, unsigned flags);
 REPA_EMU_API CUresult cuEventRecord(CUevent event, CUstream stream);

@@ -192,6 +192,19 @@ cublasStatus_t check_matrix(const char* function, const char* name, const char* 
   return CUBLAS_STATUS_SUCCESS;
 }
 
+void run_gemm(const Gemm& g) {
+  const std::size_t tiles_m = static_cast<std::size_t>((g.m + kTile - 1) / kTile);
+  const std::size_t tiles_n = static_cast<std::size_t>((g.n + kTile - 1) / kTile);
+  const std::size_t per_batch = tiles_m * tiles_n;
+  parallel_for(per_batch * static_cast<std::size_t>(g.batch), [&](std::size_t item, int) {
+    thread_local std::vector<float> pa, pb;
+    const std::size_t tile = item % per_batch;
+    run_tile(g, static_cast<int>(item / per_batch), static_cast<int>(tile % tiles_m) * kTile,
+             static_cast<int>(tile / tiles_m) * kTile, pa, pb);
+    return true;
+  });
+}
+
 cublasStatus_t gemm(const char* function, cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
                     int m, int n, int k, const void* alpha, const void* a, cudaDataType a_type, int lda,
                     long long stride_a, const void* b, cudaDataType b_type, int ldb, long long stride_b,
@@ -222,16 +235,18 @@ cublasStatus_t gemm(const char* function, cublasHandle_t handle, cublasOperation
     if (cublasStatus_t s = check_matrix(function, "A", g.a, stride_a, batch, a_rows, a_cols, lda, a_type)) return s;
     if (cublasStatus_t s = check_matrix(function, "B", g.b, stride_b, batch, b_rows, b_cols, ldb, b_type)) return s;
   }
-  const std::size_t tiles_m = static_cast<std::size_t>((m + kTile - 1) / kTile);
-  const std::size_t tiles_n = static_cast<std::size_t>((n + kTile - 1) / kTile);
-  const std::size_t per_batch = tiles_m * tiles_n;
-  parallel_for(per_batch * static_cast<std::size_t>(batch), [&](std::size_t item, int) {
-    thread_local std::vector<float> pa, pb;
-    const std::size_t tile = item % per_batch;
-    run_tile(g, static_cast<int>(item / per_batch), static_cast<int>(tile % tiles_m) * kTile,
-             static_cast<int>(tile / tiles_m) * kTile, pa, pb);
-    return true;
-  });
+  // On the handle's stream: recorded (alpha and beta by value) while it captures, as cuBLAS is capturable.
+  bool capturing = false;
+  if (stream_work(function, handle->stream, capturing) != CUDA_SUCCESS)
+    return fail_blas(CUBLAS_STATUS_EXECUTION_FAILED, last_error());
+  if (capturing) {
+    capture_append(handle->stream, [g](std::string&) {
+      run_gemm(g);
+      return CUDA_SUCCESS;
+    });
+    return CUBLAS_STATUS_SUCCESS;
+  }
+  run_gemm(g);
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -154,6 +154,63 @@ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + std::tanh(inner));
 }
 
+
+// One cublasLtMatmul's work, by value.
+struct LtWork {
+  Problem p;
+  float alpha, beta;
+  unsigned epilogue;
+  void* bias;
+  void* aux;
+  int64_t aux_ld;
+  const void* a;
+  int64_t lda;
+  const void* b;
+  int64_t ldb;
+  const void* c;
+  int64_t ldc;
+  void* d;
+  int64_t ldd;
+  bool products;
+};
+
+void run_lt(const LtWork& w) {
+  const Problem& p = w.p;
+  const unsigned e = w.epilogue;
+  // fp32 accumulators, column-major m x n; beta C enters before the epilogue.
+  const std::size_t m = static_cast<std::size_t>(p.m), n = static_cast<std::size_t>(p.n);
+  std::vector<float> acc(m * n, 0.0f);
+  if (w.beta != 0.0f)
+    for (std::size_t j = 0; j < n; ++j)
+      for (std::size_t i = 0; i < m; ++i) acc[i + j * m] = load_element(w.c, i + j * w.ldc, p.out);
+  if (w.products)
+    gemm_to_fp32(p.ta, p.tb, p.m, p.n, p.k, w.alpha, w.a, p.in, static_cast<int>(w.lda), w.b, p.in,
+                 static_cast<int>(w.ldb), w.beta, acc.data(), p.m);
+  else
+    for (float& v : acc) v *= w.beta;
+  for (std::size_t j = 0; j < n; ++j)
+    for (std::size_t i = 0; i < m; ++i) {
+      float v = acc[i + j * m];
+      if (adds_bias(e)) v += load_element(w.bias, i, p.out);
+      if (stores_aux(e)) store_element(w.aux, i + j * static_cast<std::size_t>(w.aux_ld), p.out, v);
+      if (applies_gelu(e)) v = gelu_tanh(v);
+      store_element(w.d, i + j * static_cast<std::size_t>(w.ldd), p.out, v);
+    }
+  // Bias gradients: op(A)'s row sums (BGRADA, length m) or op(B)'s column sums (BGRADB, length n), over k in order.
+  if (e == CUBLASLT_EPILOGUE_BGRADA || e == CUBLASLT_EPILOGUE_BGRADB) {
+    const bool on_a = e == CUBLASLT_EPILOGUE_BGRADA;
+    const std::size_t count = on_a ? m : n, ld = static_cast<std::size_t>(on_a ? w.lda : w.ldb);
+    const void* source = on_a ? w.a : w.b;
+    // op(A)(i, q) = A[i + q lda] (N) or A[q + i lda] (T); op(B)(q, j) = B[q + j ldb] (N) or B[j + q ldb] (T).
+    const bool outer_is_column = on_a ? p.ta : !p.tb;
+    for (std::size_t index = 0; index < count; ++index) {
+      float sum = 0.0f;
+      for (std::size_t q = 0; q < static_cast<std::size_t>(p.k); ++q)
+        sum += load_element(source, outer_is_column ? q + index * ld : index + q * ld, p.in);
+      store_element(w.bias, index, p.out, sum);
+    }
+  }
+}
 }  // namespace
 }  // namespace repa_emu
 
@@ -279,7 +336,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               cublasLtMatrixLayout_t a_layout, const void* b, cublasLtMatrixLayout_t b_layout,
                               const void* beta, const void* c, cublasLtMatrixLayout_t c_layout, void* d,
                               cublasLtMatrixLayout_t d_layout, const cublasLtMatmulAlgo_t*, void*, size_t,
-                              cudaStream_t) {
+                              cudaStream_t stream) {
   const std::string f = "cublasLtMatmul";
   if (!live(handle)) return fail_lt(CUBLAS_STATUS_NOT_INITIALIZED, f + ": not a live handle");
   if (alpha == nullptr || beta == nullptr) return fail_lt(CUBLAS_STATUS_INVALID_VALUE, f + ": null alpha or beta");
@@ -312,38 +369,21 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
       return fail_lt(CUBLAS_STATUS_EXECUTION_FAILED,
                      f + ": " + r.name + " (" + std::to_string(r.bytes) + " bytes) is not inside one cuMemAlloc allocation");
 
-  // fp32 accumulators, column-major m x n; beta C enters before the epilogue.
-  const std::size_t m = static_cast<std::size_t>(p.m), n = static_cast<std::size_t>(p.n);
-  std::vector<float> acc(m * n, 0.0f);
-  if (beta32 != 0.0f)
-    for (std::size_t j = 0; j < n; ++j)
-      for (std::size_t i = 0; i < m; ++i) acc[i + j * m] = load_element(c, i + j * c_layout->ld, p.out);
-  if (products)
-    gemm_to_fp32(p.ta, p.tb, p.m, p.n, p.k, alpha32, a, p.in, static_cast<int>(a_layout->ld), b, p.in,
-                 static_cast<int>(b_layout->ld), beta32, acc.data(), p.m);
-  else
-    for (float& v : acc) v *= beta32;
-  for (std::size_t j = 0; j < n; ++j)
-    for (std::size_t i = 0; i < m; ++i) {
-      float v = acc[i + j * m];
-      if (adds_bias(e)) v += load_element(desc->bias, i, p.out);
-      if (stores_aux(e)) store_element(desc->aux, i + j * static_cast<std::size_t>(desc->aux_ld), p.out, v);
-      if (applies_gelu(e)) v = gelu_tanh(v);
-      store_element(d, i + j * static_cast<std::size_t>(d_layout->ld), p.out, v);
-    }
-  // Bias gradients: op(A)'s row sums (BGRADA, length m) or op(B)'s column sums (BGRADB, length n), over k in order.
-  if (e == CUBLASLT_EPILOGUE_BGRADA || e == CUBLASLT_EPILOGUE_BGRADB) {
-    const bool on_a = e == CUBLASLT_EPILOGUE_BGRADA;
-    const std::size_t count = on_a ? m : n, ld = static_cast<std::size_t>(on_a ? a_layout->ld : b_layout->ld);
-    const void* source = on_a ? a : b;
-    // op(A)(i, q) = A[i + q lda] (N) or A[q + i lda] (T); op(B)(q, j) = B[q + j ldb] (N) or B[j + q ldb] (T).
-    const bool outer_is_column = on_a ? p.ta : !p.tb;
-    for (std::size_t index = 0; index < count; ++index) {
-      float sum = 0.0f;
-      for (std::size_t q = 0; q < static_cast<std::size_t>(p.k); ++q)
-        sum += load_element(source, outer_is_column ? q + index * ld : index + q * ld, p.in);
-      store_element(desc->bias, index, p.out, sum);
-    }
+  // Everything the work needs, by value (descriptor attributes and scalars as they are now), so that a capture records
+  // the call as the library's does; then run it, or append it to the capturing stream's graph.
+  LtWork work{p, alpha32, beta32, e, desc->bias, desc->aux, desc->aux_ld, a, static_cast<int64_t>(a_layout->ld), b,
+              static_cast<int64_t>(b_layout->ld), c, static_cast<int64_t>(c_layout->ld), d,
+              static_cast<int64_t>(d_layout->ld), products};
+  bool capturing = false;
+  if (stream_work(f.c_str(), stream, capturing) != CUDA_SUCCESS)
+    return fail_lt(CUBLAS_STATUS_EXECUTION_FAILED, last_error());
+  if (capturing) {
+    capture_append(stream, [work](std::string&) {
+      run_lt(work);
+      return CUDA_SUCCESS;
+    });
+    return CUBLAS_STATUS_SUCCESS;
   }
+  run_lt(work);
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -41,6 +41,16 @@ struct GridLaunch {
 // Runs every block of the grid; returns CUDA_SUCCESS or the failure (deadlock, trap) with its message in `message`.
 CUresult run_grid(const GridLaunch& launch, std::string& message);
 
+// Stream capture (CUDA graphs). A node is work recorded while its stream captured: it runs when the graph is launched
+// and returns CUDA_SUCCESS or a failure with its message. Everything a node needs (kernel parameters, GEMM scalars) is
+// copied into it at capture time, as the driver does.
+using GraphNode = std::function<CUresult(std::string& message)>;
+// Checks that work may be queued on `stream` now (a live stream, not the legacy stream while a blocking stream
+// captures, not a stream whose capture was invalidated) and says whether it captures (then append the work with
+// capture_append instead of running it). Takes the driver's lock.
+CUresult stream_work(const char* function, CUstream stream, bool& capturing);
+void capture_append(CUstream stream, GraphNode node);
+
 // Device memory bookkeeping (emu_runtime.cpp): whether [pointer, pointer + bytes) lies inside one live allocation.
 bool is_device_range(const void* pointer, std::size_t bytes);
 

@@ -1,7 +1,8 @@
 // The driver-API half of librepa_cuda_emu.so: initialisation, the one emulated device, contexts, device memory (host
 // memory, tracked so that bad pointers and sizes fail like they would on a GPU instead of corrupting the process),
 // synchronous streams, host-clock events, modules that resolve PTX .entry names in the registry of compiled-in
-// kernels, and cuLaunchKernel.
+// kernels, cuLaunchKernel, and stream capture into graphs (CUDA graphs: work queued on a capturing stream is recorded,
+// not run, and cuGraphLaunch replays it in order; calls CUDA refuses during a capture fail with CUDA's codes).
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "emu_internal.h"
@@ -30,6 +32,19 @@ struct CUmod_st {
 };
 struct CUstream_st {
   CUcontext context = nullptr;
+  unsigned flags = 0;  // CU_STREAM_NON_BLOCKING: no implicit synchronisation with the legacy stream
+  // Capture state (cuStreamBeginCapture .. cuStreamEndCapture).
+  bool capturing = false;
+  bool invalidated = false;
+  int mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+  std::thread::id capture_thread;
+  std::vector<repa_emu::GraphNode> nodes;
+};
+struct CUgraph_st {
+  std::vector<repa_emu::GraphNode> nodes;
+};
+struct CUgraphExec_st {
+  std::vector<repa_emu::GraphNode> nodes;
 };
 struct CUevent_st {
   unsigned flags = 0;
@@ -59,6 +74,8 @@ struct DriverState {
   std::set<CUfunction> functions;
   std::set<CUstream> streams;
   std::set<CUevent> events;
+  std::set<CUgraph> graphs;
+  std::set<CUgraphExec> executables;
   std::map<std::uintptr_t, Allocation> allocations;
   std::size_t allocated_bytes = 0;
 };
@@ -102,9 +119,58 @@ CUresult check_context(const char* function) {
   return CUDA_SUCCESS;
 }
 
+bool is_special_stream(CUstream stream) { return reinterpret_cast<std::uintptr_t>(stream) <= 2; }
 bool stream_ok(CUstream stream) {
-  const auto raw = reinterpret_cast<std::uintptr_t>(stream);
-  return raw <= 2 || state().streams.count(stream) != 0;  // 0 default, 1 legacy, 2 per-thread
+  return is_special_stream(stream) || state().streams.count(stream) != 0;  // 0 default, 1 legacy, 2 per-thread
+}
+// The NULL stream (0) and CU_STREAM_LEGACY (1) are the legacy stream, which synchronises with every blocking stream.
+bool is_legacy_stream(CUstream stream) { return reinterpret_cast<std::uintptr_t>(stream) <= 1; }
+
+// ---- capture rules (the state mutex must be held) ----
+// A capture in global mode (any thread) or in thread-local mode on this thread forbids "potentially unsafe" calls
+// (cuMemAlloc, cuMemFree) on this thread; relaxed mode forbids nothing.
+bool unsafe_calls_prohibited() {
+  for (CUstream s : state().streams)
+    if (s->capturing && (s->mode == CU_STREAM_CAPTURE_MODE_GLOBAL ||
+                         (s->mode == CU_STREAM_CAPTURE_MODE_THREAD_LOCAL && s->capture_thread == std::this_thread::get_id())))
+      return true;
+  return false;
+}
+// A refused call during a capture invalidates it (cuStreamEndCapture then fails with ..._INVALIDATED).
+void invalidate_captures(bool blocking_only) {
+  for (CUstream s : state().streams)
+    if (s->capturing && (!blocking_only || (s->flags & CU_STREAM_NON_BLOCKING) == 0)) s->invalidated = true;
+}
+bool any_capture(bool blocking_only) {
+  for (CUstream s : state().streams)
+    if (s->capturing && (!blocking_only || (s->flags & CU_STREAM_NON_BLOCKING) == 0)) return true;
+  return false;
+}
+CUresult refuse_unsafe(const char* function) {
+  if (!unsafe_calls_prohibited()) return CUDA_SUCCESS;
+  invalidate_captures(false);
+  return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+              std::string(function) + ": not permitted while a stream captures in global or thread-local mode (the "
+                                      "capture is now invalidated); allocate before the capture");
+}
+// Work on the legacy stream would wait for a capturing blocking stream: CUDA refuses it and invalidates the capture.
+CUresult refuse_legacy(const char* function) {
+  if (!any_capture(true)) return CUDA_SUCCESS;
+  invalidate_captures(true);
+  return fail(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,
+              std::string(function) + ": work on the legacy stream while a blocking stream captures (the capture is "
+                                      "now invalidated); use the *Async calls on the capturing stream");
+}
+CUresult stream_work_locked(const char* function, CUstream stream, bool& capturing) {
+  capturing = false;
+  if (!stream_ok(stream)) return fail(CUDA_ERROR_INVALID_HANDLE, std::string(function) + ": not a live stream");
+  if (is_legacy_stream(stream)) return refuse_legacy(function);
+  if (is_special_stream(stream) || !stream->capturing) return CUDA_SUCCESS;
+  if (stream->invalidated)
+    return fail(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                std::string(function) + ": the stream's capture was invalidated by an earlier refused call");
+  capturing = true;
+  return CUDA_SUCCESS;
 }
 
 // [pointer, pointer + bytes) inside one live allocation (the state mutex must be held).
@@ -170,11 +236,21 @@ std::vector<std::string> ptx_entries(const std::string& ptx) {
   return names;
 }
 
+// A copy: synchronous ones run on the legacy stream, *Async ones on `stream` (recorded while it captures; the emulator
+// has no pinned host memory, and CUDA refuses to capture copies from or to pageable memory).
 CUresult copy_checked(const char* function, void* destination, const void* source, std::size_t bytes,
-                      bool destination_device, bool source_device) {
+                      bool destination_device, bool source_device, bool async = false, CUstream stream = nullptr) {
   DriverState& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   if (CUresult r = check_context(function)) return r;
+  bool capturing = false;
+  if (CUresult r = stream_work_locked(function, async ? stream : nullptr, capturing)) return r;
+  if (capturing && !(destination_device && source_device)) {
+    stream->invalidated = true;
+    return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                std::string(function) + ": a copy from or to pageable host memory cannot be captured (the capture is "
+                                        "now invalidated); copy before the capture or after the graph ran");
+  }
   if (bytes == 0) return CUDA_SUCCESS;
   if (destination_device) {
     if (CUresult r = check_device(function, "destination", reinterpret_cast<CUdeviceptr>(destination), bytes))
@@ -187,21 +263,49 @@ CUresult copy_checked(const char* function, void* destination, const void* sourc
   } else if (source == nullptr) {
     return fail(CUDA_ERROR_INVALID_VALUE, std::string(function) + ": the host source is null");
   }
+  if (capturing) {
+    const std::string name = function;
+    stream->nodes.push_back([=](std::string& message) {
+      // The allocations may have been freed since the capture: check again, as a GPU would fault.
+      if (!is_device_range(destination, bytes) || !is_device_range(source, bytes)) {
+        message = name + " (graph node): a range is no longer inside a live allocation";
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
+      }
+      std::memmove(destination, source, bytes);
+      return CUDA_SUCCESS;
+    });
+    return CUDA_SUCCESS;
+  }
   std::memmove(destination, source, bytes);
   return CUDA_SUCCESS;
 }
 
 template <class T>
-CUresult fill(const char* function, CUdeviceptr destination, T value, std::size_t count) {
+CUresult fill(const char* function, CUdeviceptr destination, T value, std::size_t count, bool async = false,
+              CUstream stream = nullptr) {
   DriverState& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   if (CUresult r = check_context(function)) return r;
+  bool capturing = false;
+  if (CUresult r = stream_work_locked(function, async ? stream : nullptr, capturing)) return r;
   if (count == 0) return CUDA_SUCCESS;
   if (destination % sizeof(T) != 0)
     return fail(CUDA_ERROR_INVALID_VALUE, std::string(function) + ": the destination is not " +
                                               std::to_string(sizeof(T)) + "-byte aligned");
   if (CUresult r = check_device(function, "destination", destination, count * sizeof(T))) return r;
   T* p = reinterpret_cast<T*>(destination);
+  if (capturing) {
+    const std::string name = function;
+    stream->nodes.push_back([=](std::string& message) {
+      if (!is_device_range(p, count * sizeof(T))) {
+        message = name + " (graph node): the destination is no longer inside a live allocation";
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
+      }
+      std::fill(p, p + count, value);
+      return CUDA_SUCCESS;
+    });
+    return CUDA_SUCCESS;
+  }
   std::fill(p, p + count, value);
   return CUDA_SUCCESS;
 }
@@ -222,6 +326,16 @@ std::string& last_error() {
 bool is_device_range(const void* pointer, std::size_t bytes) {
   std::lock_guard<std::mutex> lock(state().mutex);
   return in_allocation(reinterpret_cast<std::uintptr_t>(pointer), bytes);
+}
+
+CUresult stream_work(const char* function, CUstream stream, bool& capturing) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  return stream_work_locked(function, stream, capturing);
+}
+
+void capture_append(CUstream stream, GraphNode node) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  stream->nodes.push_back(std::move(node));
 }
 
 }  // namespace repa_emu
@@ -262,6 +376,7 @@ constexpr ErrorText kErrors[] = {
     {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
     {CUDA_ERROR_INVALID_PTX, "CUDA_ERROR_INVALID_PTX", "a PTX JIT compilation failed"},
     {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE", "the operation cannot be performed in the present state"},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
     {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
     {CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS", "an illegal memory access was encountered"},
@@ -269,6 +384,14 @@ constexpr ErrorText kErrors[] = {
     {CUDA_ERROR_ASSERT, "CUDA_ERROR_ASSERT", "device-side assert triggered"},
     {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
     {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+     "operation not permitted when stream is capturing"},
+    {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+     "operation failed due to a previous error during capture"},
+    {CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT",
+     "operation would make the legacy stream depend on a capturing blocking stream"},
+    {CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD, "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD",
+     "attempt to terminate a thread-local capture sequence from another thread"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 const ErrorText* find_error(CUresult code) {
@@ -412,7 +535,13 @@ CUresult cuCtxGetCurrent(CUcontext* context) {
 
 CUresult cuCtxSynchronize(void) {
   std::lock_guard<std::mutex> lock(state().mutex);
-  return check_context("cuCtxSynchronize");
+  if (CUresult r = check_context("cuCtxSynchronize")) return r;
+  if (any_capture(false)) {
+    invalidate_captures(false);
+    return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                "cuCtxSynchronize: not permitted while a stream captures (the capture is now invalidated)");
+  }
+  return CUDA_SUCCESS;
 }
 
 CUresult cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice device) {
@@ -451,6 +580,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr* pointer, size_t bytes) {
   std::lock_guard<std::mutex> lock(s.mutex);
   if (pointer == nullptr) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: null pointer");
   if (CUresult r = check_context("cuMemAlloc")) return r;
+  if (CUresult r = refuse_unsafe("cuMemAlloc")) return r;
   if (bytes == 0) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: 0 bytes");
   const std::size_t rounded = (bytes + kAllocationAlignment - 1) / kAllocationAlignment * kAllocationAlignment;
   void* p = rounded >= bytes ? std::aligned_alloc(kAllocationAlignment, rounded) : nullptr;
@@ -466,6 +596,7 @@ CUresult cuMemFree_v2(CUdeviceptr pointer) {
   DriverState& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   if (CUresult r = check_context("cuMemFree")) return r;
+  if (CUresult r = refuse_unsafe("cuMemFree")) return r;
   auto it = s.allocations.find(static_cast<std::uintptr_t>(pointer));
   if (it == s.allocations.end())
     return fail(CUDA_ERROR_INVALID_VALUE, "cuMemFree: " + pointer_text(reinterpret_cast<void*>(pointer)) +
@@ -496,14 +627,16 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr destination, CUdeviceptr source, size_t byt
   return copy_checked("cuMemcpyDtoD", reinterpret_cast<void*>(destination), reinterpret_cast<const void*>(source),
                       bytes, true, true);
 }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr destination, const void* source, size_t bytes, CUstream) {
-  return cuMemcpyHtoD_v2(destination, source, bytes);
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr destination, const void* source, size_t bytes, CUstream stream) {
+  return copy_checked("cuMemcpyHtoDAsync", reinterpret_cast<void*>(destination), source, bytes, true, false, true, stream);
 }
-CUresult cuMemcpyDtoHAsync_v2(void* destination, CUdeviceptr source, size_t bytes, CUstream) {
-  return cuMemcpyDtoH_v2(destination, source, bytes);
+CUresult cuMemcpyDtoHAsync_v2(void* destination, CUdeviceptr source, size_t bytes, CUstream stream) {
+  return copy_checked("cuMemcpyDtoHAsync", destination, reinterpret_cast<const void*>(source), bytes, false, true, true,
+                      stream);
 }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr destination, CUdeviceptr source, size_t bytes, CUstream) {
-  return cuMemcpyDtoD_v2(destination, source, bytes);
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr destination, CUdeviceptr source, size_t bytes, CUstream stream) {
+  return copy_checked("cuMemcpyDtoDAsync", reinterpret_cast<void*>(destination), reinterpret_cast<const void*>(source),
+                      bytes, true, true, true, stream);
 }
 CUresult cuMemsetD8_v2(CUdeviceptr destination, unsigned char value, size_t count) {
   return fill<unsigned char>("cuMemsetD8", destination, value, count);
@@ -511,19 +644,21 @@ CUresult cuMemsetD8_v2(CUdeviceptr destination, unsigned char value, size_t coun
 CUresult cuMemsetD32_v2(CUdeviceptr destination, unsigned value, size_t count) {
   return fill<unsigned>("cuMemsetD32", destination, value, count);
 }
-CUresult cuMemsetD8Async(CUdeviceptr destination, unsigned char value, size_t count, CUstream) {
-  return cuMemsetD8_v2(destination, value, count);
+CUresult cuMemsetD8Async(CUdeviceptr destination, unsigned char value, size_t count, CUstream stream) {
+  return fill<unsigned char>("cuMemsetD8Async", destination, value, count, true, stream);
 }
-CUresult cuMemsetD32Async(CUdeviceptr destination, unsigned value, size_t count, CUstream) {
-  return cuMemsetD32_v2(destination, value, count);
+CUresult cuMemsetD32Async(CUdeviceptr destination, unsigned value, size_t count, CUstream stream) {
+  return fill<unsigned>("cuMemsetD32Async", destination, value, count, true, stream);
 }
 
 // ---- streams and events (everything is synchronous: work is done when the call returns) ----------------------------------
-CUresult cuStreamCreate(CUstream* stream, unsigned) {
+CUresult cuStreamCreate(CUstream* stream, unsigned flags) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (stream == nullptr) return fail(CUDA_ERROR_INVALID_VALUE, "cuStreamCreate: null pointer");
   if (CUresult r = check_context("cuStreamCreate")) return r;
-  *stream = new CUstream_st{tl_current};
+  *stream = new CUstream_st();
+  (*stream)->context = tl_current;
+  (*stream)->flags = flags;
   state().streams.insert(*stream);
   return CUDA_SUCCESS;
 }
@@ -539,8 +674,125 @@ CUresult cuStreamDestroy_v2(CUstream stream) {
 CUresult cuStreamSynchronize(CUstream stream) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (CUresult r = check_context("cuStreamSynchronize")) return r;
-  return stream_ok(stream) ? CUDA_SUCCESS : fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamSynchronize: not a live stream");
+  if (!stream_ok(stream)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamSynchronize: not a live stream");
+  if (is_legacy_stream(stream)) return refuse_legacy("cuStreamSynchronize");
+  if (!is_special_stream(stream) && stream->capturing) {
+    stream->invalidated = true;
+    return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                "cuStreamSynchronize: the stream is capturing (the capture is now invalidated)");
+  }
+  return CUDA_SUCCESS;
 }
+
+// ---- stream capture and graphs -------------------------------------------------------------------------------------------
+CUresult cuStreamBeginCapture_v2(CUstream stream, int mode) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (CUresult r = check_context("cuStreamBeginCapture")) return r;
+  if (!stream_ok(stream)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamBeginCapture: not a live stream");
+  if (is_special_stream(stream))
+    return fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture: the default stream cannot be captured");
+  if (mode < CU_STREAM_CAPTURE_MODE_GLOBAL || mode > CU_STREAM_CAPTURE_MODE_RELAXED)
+    return fail(CUDA_ERROR_INVALID_VALUE, "cuStreamBeginCapture: unknown capture mode " + std::to_string(mode));
+  if (stream->capturing)
+    return fail(CUDA_ERROR_ILLEGAL_STATE, "cuStreamBeginCapture: the stream is already capturing");
+  stream->capturing = true;
+  stream->invalidated = false;
+  stream->mode = mode;
+  stream->capture_thread = std::this_thread::get_id();
+  stream->nodes.clear();
+  return CUDA_SUCCESS;
+}
+
+CUresult cuStreamEndCapture(CUstream stream, CUgraph* graph) {
+  DriverState& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (graph == nullptr) return fail(CUDA_ERROR_INVALID_VALUE, "cuStreamEndCapture: null pointer");
+  *graph = nullptr;
+  if (!stream_ok(stream) || is_special_stream(stream))
+    return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamEndCapture: not a live stream");
+  if (!stream->capturing) return fail(CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture: the stream is not capturing");
+  if (stream->mode != CU_STREAM_CAPTURE_MODE_RELAXED && stream->capture_thread != std::this_thread::get_id())
+    return fail(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,
+                "cuStreamEndCapture: the capture was begun on another thread (global/thread-local mode)");
+  stream->capturing = false;
+  std::vector<GraphNode> nodes;
+  nodes.swap(stream->nodes);
+  if (stream->invalidated) {
+    stream->invalidated = false;
+    return fail(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                "cuStreamEndCapture: the capture was invalidated by a refused call during it; no graph was made");
+  }
+  *graph = new CUgraph_st{std::move(nodes)};
+  s.graphs.insert(*graph);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuStreamIsCapturing(CUstream stream, int* status) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (status == nullptr) return fail(CUDA_ERROR_INVALID_VALUE, "cuStreamIsCapturing: null pointer");
+  if (!stream_ok(stream)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamIsCapturing: not a live stream");
+  if (is_special_stream(stream)) {
+    *status = CU_STREAM_CAPTURE_STATUS_NONE;
+    return is_legacy_stream(stream) ? refuse_legacy("cuStreamIsCapturing") : CUDA_SUCCESS;
+  }
+  *status = !stream->capturing ? CU_STREAM_CAPTURE_STATUS_NONE
+            : stream->invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
+                                  : CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph graph, unsigned long long flags) {
+  DriverState& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (exec == nullptr) return fail(CUDA_ERROR_INVALID_VALUE, "cuGraphInstantiateWithFlags: null pointer");
+  if (!s.graphs.count(graph)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuGraphInstantiateWithFlags: not a live graph");
+  if (flags != 0)
+    return fail(CUDA_ERROR_INVALID_VALUE, "cuGraphInstantiateWithFlags: the emulator instantiates with flags 0 only");
+  *exec = new CUgraphExec_st{graph->nodes};  // a snapshot: later changes to the graph do not reach it
+  s.executables.insert(*exec);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
+  std::vector<GraphNode> nodes;
+  {
+    DriverState& s = state();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (CUresult r = check_context("cuGraphLaunch")) return r;
+    if (!s.executables.count(exec)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuGraphLaunch: not a live graph executable");
+    bool capturing = false;
+    if (CUresult r = stream_work_locked("cuGraphLaunch", stream, capturing)) return r;
+    if (capturing) {  // a graph launched into a capture becomes part of it
+      std::vector<GraphNode> copy = exec->nodes;
+      stream->nodes.insert(stream->nodes.end(), copy.begin(), copy.end());
+      return CUDA_SUCCESS;
+    }
+    nodes = exec->nodes;
+  }
+  // In order, each to completion (the device runs one thing at a time), as the stream would have run them.
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    std::string message;
+    const CUresult r = nodes[i](message);
+    if (r != CUDA_SUCCESS) return fail(r, "cuGraphLaunch: node " + std::to_string(i) + ": " + message);
+  }
+  return CUDA_SUCCESS;
+}
+
+// Forgets and deletes a live graph or executable (one of `live`), else CUDA_ERROR_INVALID_HANDLE naming `function`.
+template <class Handle>
+static CUresult destroy_graph_object(std::set<Handle>& live, Handle handle, const char* function) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (!live.count(handle)) return fail(CUDA_ERROR_INVALID_HANDLE, std::string(function) + ": not a live handle");
+  live.erase(handle);
+  delete handle;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphExecDestroy(CUgraphExec exec) {
+  return destroy_graph_object(state().executables, exec, "cuGraphExecDestroy");
+}
+
+CUresult cuGraphDestroy(CUgraph graph) { return destroy_graph_object(state().graphs, graph, "cuGraphDestroy"); }
 
 CUresult cuStreamQuery(CUstream stream) { return cuStreamSynchronize(stream); }
 
@@ -562,7 +814,19 @@ CUresult cuEventCreate(CUevent* event, unsigned flags) {
 CUresult cuEventRecord(CUevent event, CUstream stream) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (CUresult r = check_event(event, "cuEventRecord")) return r;
-  if (!stream_ok(stream)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuEventRecord: not a live stream");
+  bool capturing = false;
+  if (CUresult r = stream_work_locked("cuEventRecord", stream, capturing)) return r;
+  if (capturing) {  // an event record node: the time is taken when the graph reaches it
+    stream->nodes.push_back([event](std::string&) {
+      std::lock_guard<std::mutex> inner(state().mutex);
+      if (state().events.count(event)) {
+        event->recorded = true;
+        event->time = std::chrono::steady_clock::now();
+      }
+      return CUDA_SUCCESS;
+    });
+    return CUDA_SUCCESS;
+  }
   event->recorded = true;
   event->time = std::chrono::steady_clock::now();
   return CUDA_SUCCESS;
@@ -714,7 +978,8 @@ CUresult cuLaunchKernel(CUfunction function, unsigned grid_x, unsigned grid_y, u
     if (function->module->context != tl_current)
       return fail(CUDA_ERROR_INVALID_CONTEXT,
                   "cuLaunchKernel: " + name + " belongs to a module of another context than the current one");
-    if (!stream_ok(stream)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuLaunchKernel: not a live stream");
+    bool capturing = false;
+    if (CUresult r = stream_work_locked("cuLaunchKernel", stream, capturing)) return r;
     if (grid_x == 0 || grid_y == 0 || grid_z == 0 || grid_x > 2147483647u || grid_y > 65535 || grid_z > 65535)
       return fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: " + name + ": grid (" + std::to_string(grid_x) + "," +
                                                 std::to_string(grid_y) + "," + std::to_string(grid_z) +
@@ -756,6 +1021,30 @@ CUresult cuLaunchKernel(CUfunction function, unsigned grid_x, unsigned grid_y, u
       return fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: " + name + " takes " +
                                                 std::to_string(k->param_count) + " parameters but none were given");
     launch = GridLaunch{k, uint3{grid_x, grid_y, grid_z}, uint3{block_x, block_y, block_z}, shared_bytes, params};
+    if (capturing) {
+      // The parameters are copied by value now, as cuLaunchKernel does during a capture: the caller's argument memory
+      // may be gone (or changed) when the graph runs.
+      struct Captured {
+        std::vector<std::vector<char>> values;
+        std::vector<void*> pointers;
+      };
+      auto captured = std::make_shared<Captured>();
+      for (int i = 0; i < k->param_count; ++i) {
+        const char* from = static_cast<const char*>(params[i]);
+        captured->values.emplace_back(from, from + k->param_sizes[i]);
+      }
+      for (auto& v : captured->values) captured->pointers.push_back(v.data());
+      const GridLaunch recorded = launch;
+      stream->nodes.push_back([recorded, captured, name](std::string& message) {
+        GridLaunch l = recorded;
+        l.params = captured->pointers.data();
+        std::string inner;
+        const CUresult r = run_grid(l, inner);
+        if (r != CUDA_SUCCESS) message = "cuLaunchKernel (graph node) " + name + ": " + inner;
+        return r;
+      });
+      return CUDA_SUCCESS;
+    }
   }
   std::string message;
   const CUresult result = run_grid(launch, message);

@@ -40,6 +40,10 @@ public static class Cli
                      budget, evaluates both every --eval-every steps, and writes study.json, study.md (table and the
                      exact command) and study-fd.png (FD against steps) to --out (see STUDY OPTIONS).
 
+          bench [options]
+                     Times full training steps (forward, backward, clip, AdamW, EMA, REPA on) on synthetic data and
+                     targets: median ms/step, img/s, model TFLOP/s, MFU and peak device memory (see BENCH OPTIONS).
+
           forward --checkpoint C --input IN.safetensors --output OUT.safetensors
                      Debug state for comparing with another implementation. IN holds x [N,C,H,W], t [N] (float32) and
                      y [N] (int32/int64): OUT gets "v" and "zs.<j>". If IN holds x0, noise, t, y and "target.<j>", the
@@ -78,6 +82,8 @@ public static class Cli
           --objective sit|ddpm SiT's velocity loss (default) or DiT's DDPM loss: 1000 linear-beta steps, eps + learned
                                variance, MSE + VLB; ddpm needs a DiT preset (--config DiT-T/2 ... DiT-XL/8).
           --ckpt-every N       also save the checkpoint every N steps (default: only at the end and on Ctrl-C).
+          --cuda-graph true|false   on CUDA, capture the step's device work (forward, backward, clip, AdamW, EMA)
+                               as a CUDA graph after the first step and replay it (default true; the CPU ignores it).
           --resume PATH        continue exactly from a checkpoint (its run folder or .safetensors file); --steps is the total.
           --sample-grid true|false  at the end, write samples.png (8 samples of every class, of 16 evenly spaced classes
                                when there are more, with the objective's default sampler at 25 steps, --weights auto)
@@ -149,6 +155,16 @@ public static class Cli
           --proj-coeff X       REPA's lambda for the REPA arm (default 0.5; the other arm is vanilla, 0).
           --config, --batch, --lr, --seed, --data, --image-size, --encoder-depth, --cache-dir  as for train.
           --out DIR            where both runs and the study files go (default runs/study).
+
+        BENCH OPTIONS (defaults: the paper's setting on CUDA, the default CPU run's elsewhere)
+          --config NAME        preset (SiT-XL/2 on CUDA, SiT-T/4 on the CPU).
+          --batch N            images per step (256 on CUDA, 32 on the CPU).
+          --image-size N, --channels N, --classes N   model input side, channels, classes (32; 4 / 1; 1000 / 10).
+          --z-dim N            width of the synthetic REPA targets (768 on CUDA, 256 on the CPU).
+          --proj-coeff X       REPA weight (default 0.5; 0 times vanilla SiT).
+          --steps N            timed steps (default 10), after --warmup N untimed ones (default 2).
+          --mixed-precision auto|no|bf16, --qk-norm true|false, --device auto|cpu|cuda, --threads N  as for train.
+          --out FILE           also write the figures as JSON.
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -176,6 +192,8 @@ public static class Cli
                     return EvalCommand.Run(options, stdout);
                 case "study":
                     return StudyCommand.Run(options, stdout, args);
+                case "bench":
+                    return BenchCommand.Run(options, stdout);
                 default:
                     throw new UsageException($"unknown command '{args[0]}'; run `Repa.Runtime --help` for the list of commands.");
             }

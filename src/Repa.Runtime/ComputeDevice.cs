@@ -59,6 +59,24 @@ public static class ComputeDevice
         }
     }
 
+    /// <summary>
+    /// The peak for the MFU figure and how it was found: a GPU's dense peak from <see cref="DevicePeaks"/> for the GEMM
+    /// inputs' dtype (bf16 tensor cores under mixed precision, else fp32 CUDA cores; 0 when the device is not listed),
+    /// the CPU's measured fp32 FMA peak on <paramref name="threads"/> threads; none (0) for other backends (ILGPU).
+    /// </summary>
+    public static (double Gflops, string Text) Peak(IBackend backend, DType computeType, int threads)
+    {
+        string precision = computeType == DType.BF16 ? "bf16 mixed precision" : "fp32";
+        if (backend is CudaBackend gpu)
+        {
+            double peak = DevicePeaks.Gflops(gpu.DeviceName, computeType) ?? 0;
+            return (peak, peak > 0 ? $"{precision}, {computeType.Name()} peak {peak:F0} GFLOP/s (table)" : $"{precision}, no peak listed for this device, so no MFU");
+        }
+        if (backend is not CpuBackend) return (0, $"{precision}, no peak known for {backend.Name} devices, so no MFU");
+        double measured = FmaPeak.Measure(threads, 0.1);
+        return (measured, $"{precision}, measured fp32 FMA peak {measured:F0} GFLOP/s");
+    }
+
     /// <summary>Validates a device name before any expensive work (probing CUDA where it matters); returns the note of
     /// <see cref="Open"/>.</summary>
     public static string? Check(string device)

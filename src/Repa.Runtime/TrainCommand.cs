@@ -38,6 +38,7 @@ internal static class TrainCommand
                 ProjLoss: o.String("--proj-loss", "cosine", "cosine", "ntxent")),
             ObjectiveKind = o.String("--objective", "sit", "sit", "ddpm"),
             MixedPrecision = o.String("--mixed-precision", "auto", "auto", "no", "bf16", "fp16") is var mp && mp != "auto" ? mp : null,
+            CudaGraph = o.String("--cuda-graph", "true", "true", "false") == "true",
         };
         string encoderName = o.String("--encoder", "resnet18", "resnet18", "none");
         string cacheFolder = o.String("--cache-dir", DefaultCacheFolder);
@@ -52,14 +53,7 @@ internal static class TrainCommand
         var data = TrainingData.Open(options.DataFolder, options.ImageSize);
         options = options with { ImageSize = data.Size };
         using var backend = ComputeDevice.Open(device, threads, out string? deviceNote);
-        var computeType = Trainer.ComputeType(options.MixedPrecision, backend);
-        // MFU: the CPU's FMA peak is measured, not assumed; a GPU's comes from the table of dense peaks for the GEMM
-        // inputs' dtype (bf16 tensor cores with mixed precision, else fp32 CUDA cores).
-        double peak = backend is CudaBackend gpu ? DevicePeaks.Gflops(gpu.DeviceName, computeType) ?? 0 : FmaPeak.Measure(threads, 0.1);
-        string precision = computeType == DType.BF16 ? "bf16 mixed precision" : "fp32";
-        string peakText = backend is CudaBackend
-            ? peak > 0 ? $"{precision}, {computeType.Name()} peak {peak:F0} GFLOP/s (table)" : $"{precision}, no peak listed for this device, so no MFU"
-            : $"{precision}, measured fp32 FMA peak {peak:F0} GFLOP/s";
+        var (peak, peakText) = ComputeDevice.Peak(backend, Trainer.ComputeType(options.MixedPrecision, backend), threads);
         stdout.WriteLine($"device: {backend.Description}, {peakText}{(deviceNote != null ? $" ({deviceNote})" : "")}");
         OnnxEncoder? encoder = null;
         EncoderTargets? targets = null;

@@ -138,6 +138,19 @@ public sealed class ComputeDeviceTests
         }
     }
 
+    /// <summary>`bench` on the emulated device: bf16 by default there, no MFU without a listed peak.</summary>
+    [Test, Category("EmulatedCuda")]
+    public void BenchOnTheEmulatedDevice()
+    {
+        if (!File.Exists(EmulatedCuda.LibraryPath))
+            Assert.Fail($"The CUDA emulator {EmulatedCuda.LibraryPath} was not built: run scripts/setup.sh, then build again.");
+        var (code, output) = RunCli(EmulatedCuda.LibraryPath, "bench", "--device", "cuda", "--config", "SiT-T/4", "--batch", "2", "--channels", "1",
+            "--classes", "10", "--z-dim", "8", "--steps", "1", "--warmup", "1");
+        Assert.That(code, Is.EqualTo(0), output);
+        Assert.That(output, Does.Contain("device: cuda: CUDA emulator").And.Contain("bf16 mixed precision").And.Contain("median"));
+        Assert.That(output, Does.Not.Contain("MFU "), "no guessed MFU on the emulator");
+    }
+
     /// <summary>Runs the repa CLI (Repa.Runtime.dll beside the tests) in a new process; stdout and stderr together.</summary>
     private static (int Code, string Output) RunCli(string? emulator, params string[] args)
     {

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -154,6 +155,82 @@ void test_dynamic_shared_with_extra(CUmodule m) {
       if (j < n) bad += out[j] != (i < n ? in[i] : 0.0f);
     }
   CHECK(bad == 0, "%d reversed elements differ", bad);
+}
+
+void test_mma(CUmodule m) {
+  // repa::mma_bf16_m16n8k16 (kernels/common.cuh) against a plain matrix product. The fragments are packed here from
+  // the PTX ISA's statement of the layout ("Matrix Fragments for mma.m16n8k16 with floating point type"), written out
+  // independently of the emulator's gather: g = lane / 4, t = lane % 4;
+  //   A (16 x 16, row): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1], a2 = A[g][2t+8..2t+9], a3 = A[g+8][2t+8..2t+9]
+  //   B (16 x 8, col):  b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]          (lower index in the low 16 bits)
+  //   C, D (16 x 8):    c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
+  // Values are multiples of 1/8 in [-1, 1], so bf16 holds them and every fp32 sum is exact: the result must be exact.
+  const int warps = 3, lanes = 32 * warps;
+  std::vector<float> a_matrix(warps * 256), b_matrix(warps * 128), c_matrix(warps * 128);
+  unsigned seed = 12345u;
+  auto next = [&seed]() {
+    seed = seed * 1664525u + 1013904223u;
+    return static_cast<float>(static_cast<int>((seed >> 16) % 17u) - 8) / 8.0f;
+  };
+  for (float& v : a_matrix) v = next();
+  for (float& v : b_matrix) v = next();
+  for (float& v : c_matrix) v = next();
+  auto bits = [](float v) {
+    std::uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return u >> 16;  // exact: the values have at most 4 significant bits
+  };
+  auto pair = [&bits](float low, float high) { return bits(low) | (bits(high) << 16); };
+  std::vector<std::uint32_t> a_frag(lanes * 4), b_frag(lanes * 2);
+  std::vector<float> c_frag(lanes * 4);
+  for (int w = 0; w < warps; ++w) {
+    const float* A = &a_matrix[w * 256];  // A[r][k] = A[16 r + k]
+    const float* B = &b_matrix[w * 128];  // B[k][n] = B[8 k + n]
+    const float* C = &c_matrix[w * 128];  // C[r][n] = C[8 r + n]
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, t = lane % 4, l = 32 * w + lane;
+      a_frag[4 * l + 0] = pair(A[16 * g + 2 * t], A[16 * g + 2 * t + 1]);
+      a_frag[4 * l + 1] = pair(A[16 * (g + 8) + 2 * t], A[16 * (g + 8) + 2 * t + 1]);
+      a_frag[4 * l + 2] = pair(A[16 * g + 2 * t + 8], A[16 * g + 2 * t + 9]);
+      a_frag[4 * l + 3] = pair(A[16 * (g + 8) + 2 * t + 8], A[16 * (g + 8) + 2 * t + 9]);
+      b_frag[2 * l + 0] = pair(B[8 * (2 * t) + g], B[8 * (2 * t + 1) + g]);
+      b_frag[2 * l + 1] = pair(B[8 * (2 * t + 8) + g], B[8 * (2 * t + 9) + g]);
+      c_frag[4 * l + 0] = C[8 * g + 2 * t];
+      c_frag[4 * l + 1] = C[8 * g + 2 * t + 1];
+      c_frag[4 * l + 2] = C[8 * (g + 8) + 2 * t];
+      c_frag[4 * l + 3] = C[8 * (g + 8) + 2 * t + 1];
+    }
+  }
+  Buffer da(a_frag.size() * 4), db(b_frag.size() * 4), dc(c_frag.size() * 4), dd(c_frag.size() * 4);
+  da.upload(a_frag);
+  db.upload(b_frag);
+  dc.upload(c_frag);
+  CUdeviceptr pa = da.pointer, pb = db.pointer, pc = dc.pointer, pd = dd.pointer;
+  void* params[] = {&pa, &pb, &pc, &pd};
+  // One block of 3 warps: each warp meets in its own slots of the exchange table.
+  CU(cuLaunchKernel(function(m, "emu_mma_bf16_m16n8k16"), 1, 1, 1, lanes, 1, 1, 0, nullptr, params, nullptr));
+  const auto d_frag = dd.download<float>(lanes * 4);
+  int bad = 0;
+  for (int w = 0; w < warps; ++w) {
+    const float* A = &a_matrix[w * 256];
+    const float* B = &b_matrix[w * 128];
+    const float* C = &c_matrix[w * 128];
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, t = lane % 4, l = 32 * w + lane;
+      for (int i = 0; i < 4; ++i) {
+        const int row = i < 2 ? g : g + 8, column = 2 * t + (i & 1);
+        double expected = C[8 * row + column];
+        for (int k = 0; k < 16; ++k) expected += 2.0 * A[16 * row + k] * B[8 * k + column];
+        if (d_frag[4 * l + i] != static_cast<float>(expected)) {
+          if (bad < 5)
+            std::printf("mma: warp %d lane %d d[%d] (row %d, column %d) = %g, expected %g\n", w, lane, i, row, column,
+                        d_frag[4 * l + i], expected);
+          ++bad;
+        }
+      }
+    }
+  }
+  CHECK(bad == 0, "%d of %d MMA results differ from 2 A B + C", bad, lanes * 4);
 }
 
 void test_failures(CUmodule m) {
@@ -332,6 +409,7 @@ int main(int argc, char** argv) {
   test_warp_shuffles(module);
   test_histogram(module);
   test_dynamic_shared_with_extra(module);
+  test_mma(module);
   test_failures(module);
   test_gemm();
   report_switch_cost(module);

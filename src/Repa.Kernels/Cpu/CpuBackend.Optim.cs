@@ -25,13 +25,55 @@ public sealed unsafe partial class CpuBackend
         foreach (var b in new[] { param, grad, m, v }) RequireOptimBuffer("adamw", b, param.DType, n);
         OpChecks.AdamWStep(step);
         // Scalars are formed in float64 and rounded once to the compute type, as PyTorch does with Python floats.
-        var k = new AdamWScalars(lr, beta1, beta2, eps, weightDecay, gradScale, step);
+        var k = new AdamWScalars(gradScale, 1 - lr * weightDecay, beta1, beta2, eps, -(lr / (1 - Math.Pow(beta1, step))),
+            Math.Sqrt(1 - Math.Pow(beta2, step)));
         switch (param.DType)
         {
             case DType.F32: AdamWStep<float>(Host(param).Ptr<float>(), Host(grad).Ptr<float>(), Host(m).Ptr<float>(), Host(v).Ptr<float>(), n, k); break;
             case DType.F64: AdamWStep<double>(Host(param).Ptr<double>(), Host(grad).Ptr<double>(), Host(m).Ptr<double>(), Host(v).Ptr<double>(), n, k); break;
             default: throw Unsupported(param.DType);
         }
+    }
+
+    public void SumOfSquares(DeviceBuffer x, long n, DeviceBuffer total, bool accumulate)
+    {
+        RequireOptimBuffer("sum_of_squares", total, DType.F64, 1);
+        double sum = SumOfSquares(x, n);
+        double* t = Host(total).Ptr<double>();
+        t[0] = accumulate ? t[0] + sum : sum;
+    }
+
+    public void AdamWStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, long n, double beta1,
+        double beta2, double eps, double maxGradNorm, DeviceBuffer scalars)
+    {
+        foreach (var b in new[] { param, grad, m, v }) RequireOptimBuffer("adamw", b, param.DType, n);
+        RequireOptimBuffer("adamw", scalars, DType.F64, 4);
+        double* s = Host(scalars).Ptr<double>();
+        var k = new AdamWScalars(ClipScale(s[0], maxGradNorm), s[3], beta1, beta2, eps, s[1], s[2]);
+        switch (param.DType)
+        {
+            case DType.F32: AdamWStep<float>(Host(param).Ptr<float>(), Host(grad).Ptr<float>(), Host(m).Ptr<float>(), Host(v).Ptr<float>(), n, k); break;
+            case DType.F64: AdamWStep<double>(Host(param).Ptr<double>(), Host(grad).Ptr<double>(), Host(m).Ptr<double>(), Host(v).Ptr<double>(), n, k); break;
+            default: throw Unsupported(param.DType);
+        }
+    }
+
+    /// <summary>clip_grad_norm_'s coefficient min(max / (sqrt(sumOfSquares) + 1e-6), 1), NaN for NaN (as torch.clamp and
+    /// Math.Min), 1 when max &lt;= 0 (no clipping): what the device AdamW kernels compute from the device sum.</summary>
+    internal static double ClipScale(double sumOfSquares, double maxGradNorm) =>
+        maxGradNorm > 0 ? Math.Min(maxGradNorm / (Math.Sqrt(sumOfSquares) + 1e-6), 1.0) : 1.0;
+
+    public void AccumulateScalar(DeviceBuffer source, DeviceBuffer accumulator, long index, double divisor)
+    {
+        RequireOptimBuffer("accumulate_scalar", accumulator, DType.F64, index + 1);
+        if (index < 0) throw new ArgumentOutOfRangeException(nameof(index), index, "accumulate_scalar: index must be >= 0.");
+        double value = source.DType switch
+        {
+            DType.F32 when source.Length >= 1 => Host(source).Ptr<float>()[0],
+            DType.F64 when source.Length >= 1 => Host(source).Ptr<double>()[0],
+            _ => throw new ArgumentException($"accumulate_scalar: {source} must be a non-empty float32 or float64 buffer."),
+        };
+        Host(accumulator).Ptr<double>()[index] += value / divisor;
     }
 
     public void EmaUpdate(DeviceBuffer ema, DeviceBuffer param, long n, double decay)
@@ -150,12 +192,10 @@ public sealed unsafe partial class CpuBackend
 
     // ---- AdamW ----
 
-    private readonly record struct AdamWScalars(double Lr, double Beta1, double Beta2, double Eps, double WeightDecay, double GradScale, int Step)
-    {
-        public double Decay => 1 - Lr * WeightDecay;
-        public double NegStepSize => -(Lr / (1 - Math.Pow(Beta1, Step)));
-        public double SqrtBias2 => Math.Sqrt(1 - Math.Pow(Beta2, Step));
-    }
+    // Formed in float64 (from lr and the step by the host-scalar overload, or read from device memory by the other) and
+    // rounded once to the compute type in AdamWStep<T>.
+    private readonly record struct AdamWScalars(double GradScale, double Decay, double Beta1, double Beta2, double Eps,
+        double NegStepSize, double SqrtBias2);
 
     // Element order follows torch.optim.AdamW (single-tensor path): p *= 1 - lr wd; m, v moments;
     // denom = sqrt(v) / sqrt(bc2) + eps; p += (-lr/bc1) * m / denom. Plain vector ops (no FMA contraction) keep the

@@ -115,6 +115,9 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     public void Synchronize() { }
 
+    /// <summary>Nothing to record on the CPU: the graph runs the body at every launch.</summary>
+    public IDeviceGraph Capture(Action body) => new RerunGraph(body);
+
     internal static NotSupportedException Unsupported(DType dtype) =>
         new($"cpu: this op computes in float32 or float64, not {dtype.Name()}.");
 

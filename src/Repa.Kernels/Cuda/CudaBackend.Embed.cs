@@ -21,14 +21,18 @@ public sealed unsafe partial class CudaBackend
         Enter();
         // The kernel lowers firstBad to the first position of an id outside [0, vocab) (and writes zeros there instead
         // of reading out of bounds); the CPU backend's sentence names that id and position.
+        // During a graph capture the host cannot look (the ids change at every replay): the kernel still writes zeros
+        // for bad ids and reads nothing out of bounds, and the caller validates its ids on the host before uploading.
         var firstBad = Pool.Rent(DType.F64, 1); // 8 bytes: an unsigned long long for the kernel
         long i;
         try
         {
-            Upload<ulong>([ulong.MaxValue], firstBad);
+            if (capturing) Fill(firstBad, 0, 1, BitConverter.UInt64BitsToDouble(ulong.MaxValue));
+            else Upload<ulong>([ulong.MaxValue], firstBad);
             var shape = new LaunchShape((uint)Math.Min(count, 65535), 1, (uint)Math.Clamp((dim + 31) / 32 * 32, 32, BlockSize), 1);
             Launch(Function(EmbedKernels, $"embedding_forward_{suffix}"), shape,
                 Address(table), Address(ids), Address(y), count, vocab, dim, Address(firstBad));
+            if (capturing) return;
             Span<ulong> position = stackalloc ulong[1];
             Download(firstBad, position);
             if (position[0] == ulong.MaxValue) return;

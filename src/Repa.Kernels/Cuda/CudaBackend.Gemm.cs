@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using Repa.Kernels.Cuda.Native;
 
 namespace Repa.Kernels.Cuda;
@@ -102,7 +103,7 @@ public sealed unsafe partial class CudaBackend
         DeviceBuffer? preActivation, int rows, int inFeatures, int outFeatures)
     {
         LastLinearWasFused = false;
-        if (activation is null or Activation.Gelu && LinearDTypesFit(x, weight, bias, y, preActivation) && rows > 0 && inFeatures > 0 && outFeatures > 0)
+        if (LinearForwardFuses(x, weight, bias, y, activation, preActivation, rows, inFeatures, outFeatures))
         {
             int epilogue = (activation, bias) switch
             {
@@ -132,9 +133,7 @@ public sealed unsafe partial class CudaBackend
         int rows, int inFeatures, int outFeatures)
     {
         LastLinearWasFused = false;
-        if (dweight != null && dbias != null && rows > 0 && inFeatures > 0 && outFeatures > 0
-            && dy.DType == x.DType && dweight.DType == dbias.DType && dy.DType is DType.F32 or DType.BF16
-            && (dweight.DType == dy.DType || (dy.DType == DType.BF16 && dweight.DType == DType.F32)))
+        if (LinearWeightBackwardFuses(dy, x, dweight, dbias, rows, inFeatures, outFeatures))
         {
             // Row-major dW[out, in] += dy^T x is column-major D[in, out] = A op(B) with A = x viewed [in, rows] and
             // B = dy viewed [out, rows] (op T); BGRADB sums op(B)'s columns over k = rows: the bias gradient, which
@@ -162,9 +161,22 @@ public sealed unsafe partial class CudaBackend
         LinearComposition.WeightBackward(this, dy, x, dweight, dbias, rows, inFeatures, outFeatures);
     }
 
-    private static bool LinearDTypesFit(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, DeviceBuffer? pre) =>
-        x.DType is DType.F32 or DType.BF16 && weight.DType == x.DType && y.DType == x.DType
+    /// <summary>Whether <see cref="LinearForward"/> takes a cuBLASLt epilogue (given a library and an algorithm): no
+    /// activation or GELU, every buffer fp32 or every buffer bf16. The cost backend predicts the same.</summary>
+    internal static bool LinearForwardFuses(DeviceBuffer x, DeviceBuffer weight, DeviceBuffer? bias, DeviceBuffer y, Activation? activation,
+        DeviceBuffer? pre, int rows, int inFeatures, int outFeatures) =>
+        activation is null or Activation.Gelu && rows > 0 && inFeatures > 0 && outFeatures > 0
+        && x.DType is DType.F32 or DType.BF16 && weight.DType == x.DType && y.DType == x.DType
         && (bias == null || bias.DType == x.DType) && (pre == null || pre.DType == x.DType);
+
+    /// <summary>Whether <see cref="LinearWeightBackward"/> takes the BGRADB epilogue: both gradients, dy and x of one
+    /// dtype (fp32 or bf16), the gradients of dy's dtype or fp32 under bf16. The cost backend predicts the same.</summary>
+    internal static bool LinearWeightBackwardFuses(DeviceBuffer dy, DeviceBuffer x, [NotNullWhen(true)] DeviceBuffer? dweight,
+        [NotNullWhen(true)] DeviceBuffer? dbias,
+        int rows, int inFeatures, int outFeatures) =>
+        dweight != null && dbias != null && rows > 0 && inFeatures > 0 && outFeatures > 0
+        && dy.DType == x.DType && dweight.DType == dbias.DType && dy.DType is DType.F32 or DType.BF16
+        && (dweight.DType == dy.DType || (dy.DType == DType.BF16 && dweight.DType == DType.F32));
 
     /// <summary>
     /// Column-major D[m, n] = op(A) op(B) + beta D through cuBLASLt with the key's epilogue; <paramref name="vector"/> is

@@ -35,6 +35,57 @@ public sealed unsafe partial class CudaBackend
         }
     }
 
+    public void SumOfSquares(DeviceBuffer x, long n, DeviceBuffer total, bool accumulate)
+    {
+        RequireOptimBuffer("sum_of_squares", x, n);
+        if (total.DType != DType.F64 || total.Length < 1) throw new ArgumentException($"sum_of_squares: the total {total} must be float64 with at least one element.");
+        Enter();
+        if (n <= 0)
+        {
+            if (!accumulate) Fill(total, 0, 1, 0);
+            return;
+        }
+        // The same grid as the host overload and a finish that adds into the total: bitwise the host's sum of its results.
+        int blocks = (int)Math.Clamp((n + 1023) / 1024, 1, SumOfSquaresMaxBlocks);
+        var partial = Pool.Rent(DType.F64, blocks + 1);
+        try
+        {
+            Launch(Function(OptimKernels, "sum_of_squares_partial_f32"), new LaunchShape((uint)blocks, 1, BlockSize, 1), Address(x), n, Address(partial));
+            Launch(Function(OptimKernels, "sum_of_squares_finish"), new LaunchShape(1, 1, BlockSize, 1), Address(partial), blocks,
+                Address(total), accumulate ? 1 : 0);
+        }
+        finally
+        {
+            Pool.Return(partial);
+        }
+    }
+
+    public void AdamWStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, long n, double beta1, double beta2,
+        double eps, double maxGradNorm, DeviceBuffer scalars)
+    {
+        foreach (var b in new[] { param, grad, m, v }) RequireOptimBuffer("adamw", b, n);
+        if (scalars.DType != DType.F64 || scalars.Length < 4) throw new ArgumentException($"adamw: the scalars {scalars} must be float64 with at least four elements.");
+        if (n == 0) return;
+        Enter();
+        Launch(Function(OptimKernels, "adamw_step_device_f32"), Grid(n), Address(param), Address(grad), Address(m), Address(v), n,
+            Address(scalars), maxGradNorm, (float)beta1, (float)beta2, (float)(1 - beta1), (float)(1 - beta2), (float)eps, 0UL);
+    }
+
+    public void AccumulateScalar(DeviceBuffer source, DeviceBuffer accumulator, long index, double divisor)
+    {
+        if (accumulator.DType != DType.F64) throw new ArgumentException($"accumulate_scalar: the accumulator {accumulator} must be float64.");
+        CheckRange(accumulator, index, 1);
+        CheckRange(source, 0, 1);
+        string suffix = source.DType switch
+        {
+            DType.F32 => "f32",
+            DType.F64 => "f64",
+            _ => throw new ArgumentException($"accumulate_scalar: {source} must be float32 or float64."),
+        };
+        Enter();
+        Launch(Function(OptimKernels, $"accumulate_scalar_{suffix}"), new LaunchShape(1, 1, 32, 1), Address(source), Address(accumulator, index), divisor);
+    }
+
     public void AdamWStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, long n, double lr, double beta1,
         double beta2, double eps, double weightDecay, double gradScale, int step)
     {

@@ -12,8 +12,8 @@ namespace Repa.Kernels.Cuda;
 /// unchanged against the real driver (<see cref="Create"/>) or the CPU emulator librepa_cuda_emu.so
 /// (<see cref="CreateEmulated"/>), which exports the same C entry points. Op families live in partial files next to
 /// this one (CudaBackend.Gemm.cs, CudaBackend.Elementwise.cs, ...). Buffers hold every <see cref="DType"/>; the ops
-/// compute in float32 and bfloat16 (float32 accumulation), float16 and float64 are storage for
-/// Upload/Download/Copy/Fill/Convert only. Use one backend from one thread at a time (like a CUDA stream).
+/// compute in float32 and bfloat16 (float32 accumulation), float16 is storage for Upload/Download/Copy/Fill/Convert
+/// only, and float64 is that plus the samplers' state (<see cref="FlowStep"/>, the one op computing in it). Use one backend from one thread at a time (like a CUDA stream).
 /// </summary>
 public sealed unsafe partial class CudaBackend : IBackend
 {
@@ -32,6 +32,8 @@ public sealed unsafe partial class CudaBackend : IBackend
     private readonly nint context;
     private readonly nint stream;
     private readonly nint cublas;
+    private readonly CudaBuffer? cublasWorkspace;
+    private volatile bool capturing;
     private readonly Lock gate = new();
     private readonly Dictionary<string, nint> modules = [];
     private readonly Dictionary<string, nint> functions = [];
@@ -70,13 +72,20 @@ public sealed unsafe partial class CudaBackend : IBackend
         current = this;
         try
         {
-            // A blocking stream (flags 0): the synchronous cuMemcpy*/cuMemset* calls on the legacy default stream are
-            // ordered after the kernels queued here and before the ones queued later.
+            // Every copy, fill, kernel and GEMM goes to this one stream (the *Async forms), so they run in order and a
+            // capture of the stream records all of them.
             Check(CudaDriver.cuStreamCreate(&s, 0));
             stream = s;
             Cublas.Check(Cublas.cublasCreate_v2(&handle));
             cublas = handle;
             Cublas.Check(Cublas.cublasSetStream_v2(cublas, stream));
+            // Our own workspace (set after SetStream, which resets it): cuBLAS then allocates nothing inside a call,
+            // which is what makes its GEMMs capturable. 32 MiB is NVIDIA's recommendation for Hopper (4 MiB before).
+            long workspaceBytes = IsEmulated ? 4096 : 32L << 20;
+            ulong workspace = 0;
+            Check(CudaDriver.cuMemAlloc_v2(&workspace, (nuint)workspaceBytes));
+            cublasWorkspace = new CudaBuffer(this, DType.I32, workspaceBytes / 4, workspace);
+            Cublas.Check(Cublas.cublasSetWorkspace_v2(cublas, workspace, (nuint)workspaceBytes));
         }
         catch
         {
@@ -175,7 +184,8 @@ public sealed unsafe partial class CudaBackend : IBackend
     public long AllocationCount => Interlocked.Read(ref allocations);
 
     /// <summary>float32 and bfloat16 (fp32 accumulation), and int32 for ids and copies. float16 and float64 buffers can
-    /// be allocated, filled, copied and converted, but no op computes in them.</summary>
+    /// be allocated, filled, copied and converted; only the sampler step computes in float64 (its state), so float64
+    /// is not a dtype to build tensors of ops in.</summary>
     public bool Supports(DType dtype) => dtype is DType.F32 or DType.BF16 or DType.I32;
 
     // ---- context, errors ------------------------------------------------------------------------------------------
@@ -283,22 +293,45 @@ public sealed unsafe partial class CudaBackend : IBackend
             throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + count}) is outside {buffer}.");
     }
 
+    /// <summary>Copies host memory to the device on the backend's stream and waits for it (the span is managed,
+    /// pageable memory: it must not be read after this returns). Refused during a capture.</summary>
     public void Upload<T>(ReadOnlySpan<T> source, DeviceBuffer destination, long offset = 0) where T : unmanaged
     {
         CheckRange(destination, offset, source.Length, sizeof(T));
         if (source.IsEmpty) return;
+        RefuseDuringCapture("Upload", "upload the step's inputs into persistent tensors before the capture");
         Enter();
         fixed (T* p = source)
-            Check(CudaDriver.cuMemcpyHtoD_v2(Address(destination, offset), p, (nuint)((long)source.Length * sizeof(T))));
+        {
+            Check(CudaDriver.cuMemcpyHtoDAsync_v2(Address(destination, offset), p, (nuint)((long)source.Length * sizeof(T)), stream));
+            Check(CudaDriver.cuStreamSynchronize(stream));
+        }
     }
 
+    /// <summary>Copies device memory to the host after the work queued before it, and waits. Refused during a capture.</summary>
     public void Download<T>(DeviceBuffer source, Span<T> destination, long offset = 0) where T : unmanaged
     {
         CheckRange(source, offset, destination.Length, sizeof(T));
         if (destination.IsEmpty) return;
+        RefuseDuringCapture("Download", "keep the figures in device memory and read them after the graph ran");
         Enter();
         fixed (T* p = destination)
-            Check(CudaDriver.cuMemcpyDtoH_v2(p, Address(source, offset), (nuint)((long)destination.Length * sizeof(T))));
+        {
+            Check(CudaDriver.cuMemcpyDtoHAsync_v2(p, Address(source, offset), (nuint)((long)destination.Length * sizeof(T)), stream));
+            Check(CudaDriver.cuStreamSynchronize(stream));
+        }
+    }
+
+    /// <summary>The CUstream everything of this backend is queued on (tests check its capture state).</summary>
+    internal nint Stream => stream;
+
+    /// <summary>Whether a <see cref="Capture"/> is recording this backend's stream now.</summary>
+    public bool IsCapturing => capturing;
+
+    private void RefuseDuringCapture(string member, string advice)
+    {
+        if (capturing)
+            throw new InvalidOperationException($"cuda: {member} during a graph capture would read or write host memory when the graph runs, not now; {advice}.");
     }
 
     public void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count)
@@ -313,12 +346,20 @@ public sealed unsafe partial class CudaBackend : IBackend
         {
             // cuMemcpyDtoD does not promise memmove semantics (the CPU backend's Buffer.MemoryCopy does): go through
             // a scratch buffer.
-            using var scratch = Allocate(source.DType, count);
-            Check(CudaDriver.cuMemcpyDtoD_v2(Address(scratch), Address(source, sourceOffset), (nuint)bytes));
-            Check(CudaDriver.cuMemcpyDtoD_v2(Address(destination, destinationOffset), Address(scratch), (nuint)bytes));
+            // a scratch buffer (from the pool: no allocation inside a capture).
+            var scratch = Pool.Rent(source.DType, count);
+            try
+            {
+                Check(CudaDriver.cuMemcpyDtoDAsync_v2(Address(scratch), Address(source, sourceOffset), (nuint)bytes, stream));
+                Check(CudaDriver.cuMemcpyDtoDAsync_v2(Address(destination, destinationOffset), Address(scratch), (nuint)bytes, stream));
+            }
+            finally
+            {
+                Pool.Return(scratch);
+            }
             return;
         }
-        Check(CudaDriver.cuMemcpyDtoD_v2(Address(destination, destinationOffset), Address(source, sourceOffset), (nuint)bytes));
+        Check(CudaDriver.cuMemcpyDtoDAsync_v2(Address(destination, destinationOffset), Address(source, sourceOffset), (nuint)bytes, stream));
     }
 
     /// <summary>Sets elements to <paramref name="value"/> converted as a C# cast would (int32 truncates; bfloat16 and
@@ -331,8 +372,8 @@ public sealed unsafe partial class CudaBackend : IBackend
         ulong address = Address(destination, offset);
         switch (destination.DType)
         {
-            case DType.F32: Check(CudaDriver.cuMemsetD32_v2(address, BitConverter.SingleToUInt32Bits((float)value), (nuint)count)); break;
-            case DType.I32: Check(CudaDriver.cuMemsetD32_v2(address, unchecked((uint)(int)value), (nuint)count)); break;
+            case DType.F32: Check(CudaDriver.cuMemsetD32Async(address, BitConverter.SingleToUInt32Bits((float)value), (nuint)count, stream)); break;
+            case DType.I32: Check(CudaDriver.cuMemsetD32Async(address, unchecked((uint)(int)value), (nuint)count, stream)); break;
             case DType.BF16: Launch(Function(MemoryKernels, "fill_b16"), Grid(count), address, count, HalfPrecision.FloatToBf16((float)value)); break;
             case DType.F16: Launch(Function(MemoryKernels, "fill_b16"), Grid(count), address, count, HalfPrecision.FloatToF16((float)value)); break;
             case DType.F64: Launch(Function(MemoryKernels, "fill_b64"), Grid(count), address, count, BitConverter.DoubleToUInt64Bits(value)); break;
@@ -384,8 +425,89 @@ public sealed unsafe partial class CudaBackend : IBackend
 
     public void Synchronize()
     {
+        RefuseDuringCapture("Synchronize", "synchronise after the graph's launch");
         Enter();
         Check(CudaDriver.cuCtxSynchronize());
+    }
+
+    /// <summary>
+    /// Records <paramref name="body"/>'s work on the backend's stream into a CUDA graph (stream capture in thread-local mode:
+    /// kernels with their arguments by value, async copies and fills, cuBLAS GEMMs), without running it; the graph's
+    /// Launch replays it with one cuGraphLaunch. Pool buffers the body rents stay reserved for the graph until it is
+    /// disposed. Upload, Download and Synchronize throw during the capture; so does an allocation the pool cannot serve
+    /// from its free lists (cuMemAlloc is refused by the driver), so run the body once eagerly first.
+    /// </summary>
+    public IDeviceGraph Capture(Action body)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        if (capturing) throw new InvalidOperationException("cuda: a graph capture is already in progress; captures do not nest.");
+        Enter();
+        Check(CudaDriver.cuStreamSynchronize(stream));
+        Pool.BeginCapture();
+        nint graph = 0, executable = 0;
+        // Thread-local mode: the driver refuses unsafe calls (cuMemAlloc, cuMemFree) made by this thread during the
+        // capture, but not those of other threads (global mode would let a finalizer's cuMemFree invalidate it).
+        var began = CudaDriver.cuStreamBeginCapture_v2(stream, CudaDriver.StreamCaptureModeThreadLocal);
+        if (began != CudaResult.Success)
+        {
+            Pool.EndCapture().Dispose();
+            Check(began, "cuStreamBeginCapture_v2");
+        }
+        capturing = true;
+        try
+        {
+            body();
+        }
+        catch
+        {
+            capturing = false;
+            if (CudaDriver.cuStreamEndCapture(stream, &graph) == CudaResult.Success && graph != 0) CudaDriver.cuGraphDestroy(graph);
+            Pool.EndCapture().Dispose();
+            throw;
+        }
+        capturing = false;
+        var ended = CudaDriver.cuStreamEndCapture(stream, &graph);
+        var reservation = Pool.EndCapture();
+        var instantiated = ended == CudaResult.Success ? CudaDriver.cuGraphInstantiateWithFlags(&executable, graph, 0) : ended;
+        if (instantiated != CudaResult.Success)
+        {
+            if (graph != 0) CudaDriver.cuGraphDestroy(graph);
+            reservation.Dispose();
+            Check(instantiated, ended != CudaResult.Success ? "cuStreamEndCapture" : "cuGraphInstantiateWithFlags");
+        }
+        return new CudaGraph(this, graph, executable, reservation);
+    }
+
+    /// <summary>A captured graph of this backend: launched on its stream, destroyed with its reservation.</summary>
+    private sealed class CudaGraph(CudaBackend backend, nint graph, nint executable, IDisposable reservation) : IDeviceGraph
+    {
+        private bool disposed;
+
+        public void Launch()
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            ObjectDisposedException.ThrowIf(backend.disposed, backend);
+            if (backend.capturing) throw new InvalidOperationException("cuda: launching a graph inside a capture is not supported.");
+            backend.Enter();
+            Check(CudaDriver.cuGraphLaunch(executable, backend.stream));
+        }
+
+        public void Dispose()
+        {
+            if (disposed) return;
+            disposed = true;
+            lock (backend.gate)
+            {
+                if (!backend.disposed)
+                {
+                    backend.Enter();
+                    CudaDriver.cuStreamSynchronize(backend.stream);
+                    CudaDriver.cuGraphExecDestroy(executable);
+                    CudaDriver.cuGraphDestroy(graph);
+                }
+            }
+            reservation.Dispose();
+        }
     }
 
     // ---- kernels --------------------------------------------------------------------------------------------------
@@ -444,6 +566,7 @@ public sealed unsafe partial class CudaBackend : IBackend
             CudaDriver.cuCtxSynchronize();
             DisposeLt();
             Cublas.cublasDestroy_v2(cublas);
+            cublasWorkspace?.Dispose();
             foreach (nint module in modules.Values) CudaDriver.cuModuleUnload(module);
             modules.Clear();
             functions.Clear();

@@ -33,6 +33,59 @@ public sealed partial class IlgpuBackend
         Run(Stride(n), IlgpuKernels.AdamW, F(param), F(grad), F(m), F(v), k);
     }
 
+    // The device-scalar members of a captured step. ILGPU has no graphs (Capture reruns the body), so these may read their
+    // float64 scalars back to the host: the same values the CPU backend computes, formed in the same float64 order.
+
+    public void SumOfSquares(DeviceBuffer x, long n, DeviceBuffer total, bool accumulate)
+    {
+        OpChecks.OptimBuffer("sum_of_squares", total, DType.F64, 1);
+        double sum = SumOfSquares(x, n);
+        Span<double> t = stackalloc double[1];
+        if (accumulate) Download<double>(total, t);
+        t[0] = accumulate ? t[0] + sum : sum;
+        Upload<double>(t, total);
+    }
+
+    public void AdamWStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, long n, double beta1,
+        double beta2, double eps, double maxGradNorm, DeviceBuffer scalars)
+    {
+        foreach (var b in new[] { param, grad, m, v }) OpChecks.OptimBuffer("adamw", b, param.DType, n);
+        OpChecks.OptimBuffer("adamw", scalars, DType.F64, 4);
+        if (param.DType != DType.F32) throw Unsupported(param.DType);
+        if (n <= 0) return;
+        Span<double> s = stackalloc double[4];
+        Download<double>(scalars, s);
+        var k = new AdamWScalars((float)Cpu.CpuBackend.ClipScale(s[0], maxGradNorm), (float)s[3], (float)beta1, (float)beta2, (float)(1 - beta1),
+            (float)(1 - beta2), (float)s[2], (float)eps, (float)s[1], n);
+        Run(Stride(n), IlgpuKernels.AdamW, F(param), F(grad), F(m), F(v), k);
+    }
+
+    public void AccumulateScalar(DeviceBuffer source, DeviceBuffer accumulator, long index, double divisor)
+    {
+        OpChecks.OptimBuffer("accumulate_scalar", accumulator, DType.F64, index + 1);
+        if (index < 0) throw new ArgumentOutOfRangeException(nameof(index), index, "accumulate_scalar: index must be >= 0.");
+        double value;
+        switch (source.DType)
+        {
+            case DType.F32 when source.Length >= 1:
+                Span<float> f = stackalloc float[1];
+                Download<float>(source, f);
+                value = f[0];
+                break;
+            case DType.F64 when source.Length >= 1:
+                Span<double> d = stackalloc double[1];
+                Download<double>(source, d);
+                value = d[0];
+                break;
+            default:
+                throw new ArgumentException($"accumulate_scalar: {source} must be a non-empty float32 or float64 buffer.");
+        }
+        Span<double> a = stackalloc double[1];
+        Download<double>(accumulator, a, index);
+        a[0] += value / divisor;
+        Upload<double>(a, accumulator, index);
+    }
+
     public void EmaUpdate(DeviceBuffer ema, DeviceBuffer param, long n, double decay)
     {
         OpChecks.OptimBuffer("ema", ema, ema.DType, n);

@@ -253,6 +253,9 @@ public sealed partial class IlgpuBackend : IBackend
         }
     }
 
+    /// <summary>ILGPU has no graph capture: the body runs again at every launch (as on the CPU), the same device work.</summary>
+    public IDeviceGraph Capture(Action body) => new RerunGraph(body);
+
     public void Synchronize()
     {
         accelerator.Bind();

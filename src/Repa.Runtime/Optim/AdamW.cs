@@ -9,6 +9,9 @@ namespace Repa.Runtime.Optim;
 /// Parameters whose Grad is null count as zero in the norm and are not updated (PyTorch skips them too). The step
 /// count is shared by all parameters (PyTorch keeps one per parameter; they agree whenever every parameter gets a
 /// gradient every step, as in REPA).
+/// A step is split so that its device part can be captured into a CUDA graph: <see cref="Prepare"/> (host: the step
+/// count and the scalars that depend on it, uploaded), <see cref="Apply"/> (device only: the squared gradient norm summed
+/// into device memory, the clip scale and the update computed from it there), <see cref="LastGradNorm"/> (read after).
 /// </summary>
 public sealed class AdamW : IDisposable
 {
@@ -19,6 +22,10 @@ public sealed class AdamW : IDisposable
     public const string StepKey = "optimizer.step";
 
     private readonly (string Name, Tensor Parameter, Tensor M, Tensor V)[] entries;
+
+    // float64 {sum of squares of the gradients, -lr / (1 - beta1^step), sqrt(1 - beta2^step), 1 - lr wd}: the step's
+    // varying scalars in device memory (IBackend.AdamWStep's device overload); null without parameters.
+    private readonly Tensor? scalars;
 
     public AdamW(IReadOnlyList<(string Name, Tensor Parameter)> parameters, double lr = 1e-4, (double Beta1, double Beta2)? betas = null,
         double eps = 1e-8, double weightDecay = 0, double? maxGradNorm = null)
@@ -50,6 +57,7 @@ public sealed class AdamW : IDisposable
             // long as the optimiser.
             entries[i] = (name, p, Tensor.Zeros(p.Backend, p.DType, p.Shape).Persistent(), Tensor.Zeros(p.Backend, p.DType, p.Shape).Persistent());
         }
+        if (entries.Length > 0) scalars = Tensor.Zeros(entries[0].Parameter.Backend, Repa.Kernels.DType.F64, 4).Persistent();
     }
 
     /// <summary>Learning rate; settable for schedules (REPA keeps it constant).</summary>
@@ -82,19 +90,58 @@ public sealed class AdamW : IDisposable
     /// </summary>
     public double ClipScale(double norm) => MaxGradNorm is { } max ? Math.Min(max / (norm + 1e-6), 1.0) : 1.0;
 
-    /// <summary>Clips (through the gradient scale) and updates every parameter with a gradient; returns the pre-clip norm.</summary>
+    /// <summary>Clips (through the gradient scale) and updates every parameter with a gradient; returns the pre-clip norm.
+    /// The same as <see cref="Prepare"/>, <see cref="Apply"/>, <see cref="LastGradNorm"/>.</summary>
     public double Step()
     {
-        double norm = GradNorm();
-        double scale = ClipScale(norm);
+        Prepare();
+        Apply();
+        return LastGradNorm();
+    }
+
+    /// <summary>
+    /// The host half of a step, before <see cref="Apply"/>: counts the step and uploads the scalars that depend on the
+    /// count and the learning rate (formed in float64 as torch does), so that Apply reads them from device memory.
+    /// </summary>
+    public void Prepare()
+    {
         if (StepCount == int.MaxValue) throw new InvalidOperationException("adamw: step count overflow.");
         StepCount++;
+        if (scalars == null) return;
+        double[] values = [0, -(Lr / (1 - Math.Pow(Beta1, StepCount))), Math.Sqrt(1 - Math.Pow(Beta2, StepCount)), 1 - Lr * WeightDecay];
+        scalars.Backend.Upload<double>(values, scalars.Buffer);
+    }
+
+    /// <summary>
+    /// The device half of a step (no host reads, so it can be captured into a graph): the squared global gradient
+    /// norm summed into device memory tensor by tensor, then every parameter with a gradient updated with the clip
+    /// scale computed from it on the device. Uses the scalars of the last <see cref="Prepare"/>.
+    /// </summary>
+    public void Apply()
+    {
+        if (scalars == null) return;
+        bool first = true;
+        foreach (var e in entries)
+        {
+            if (e.Parameter.Grad is not { } g) continue;
+            g.Backend.SumOfSquares(g.Buffer, g.Count, scalars.Buffer, accumulate: !first);
+            first = false;
+        }
         foreach (var (_, p, m, v) in entries)
         {
             if (p.Grad is not { } g) continue;
-            p.Backend.AdamWStep(p.Buffer, g.Buffer, m.Buffer, v.Buffer, p.Count, Lr, Beta1, Beta2, Eps, WeightDecay, scale, StepCount);
+            p.Backend.AdamWStep(p.Buffer, g.Buffer, m.Buffer, v.Buffer, p.Count, Beta1, Beta2, Eps, MaxGradNorm ?? 0, scalars.Buffer);
         }
-        return norm;
+    }
+
+    /// <summary>The pre-clip global gradient norm of the last <see cref="Apply"/> (read from device memory; 0 when no
+    /// parameter had a gradient).</summary>
+    public double LastGradNorm()
+    {
+        if (scalars == null) return 0;
+        Span<double> sum = stackalloc double[1];
+        scalars.Backend.Download(scalars.Buffer, sum);
+        return Math.Sqrt(sum[0]);
     }
 
     /// <summary>Zeroes every parameter's gradient (keeping the buffers).</summary>
@@ -136,6 +183,7 @@ public sealed class AdamW : IDisposable
 
     public void Dispose()
     {
+        scalars?.Dispose();
         foreach (var e in entries)
         {
             e.M.Dispose();

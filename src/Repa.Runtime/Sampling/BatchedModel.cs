@@ -73,15 +73,51 @@ public sealed class BatchedModel
             int m = Math.Min(Chunk, n - first);
             using var tape = new Tape();
             using var noGrad = Tape.NoGrad();
-            var xs = Upload(x.Slice(first * SampleSize, m * SampleSize), [m, .. sampleShape]);
-            var ts = Upload(Enumerable.Repeat(t, m).ToArray(), [m]);
-            var ys = Tensor.FromArray(Backend, labels.Slice(first, m).ToArray(), m);
-            var result = forward(xs, ts, ys);
-            if (result.Count != (long)m * outSize)
-                throw new InvalidOperationException($"model: the output {result.Describe()} does not hold {m} samples of {outSize} values.");
+            var result = Forward(Upload(x.Slice(first * SampleSize, m * SampleSize), [m, .. sampleShape]), t, labels.Slice(first, m), outSize);
             var values = result.ToDoubleArray();
             values.CopyTo(output.Slice(first * outSize, m * outSize));
         }
+    }
+
+    /// <summary>
+    /// The same on device memory, for a model whose output has the input's shape (a velocity): <paramref name="input"/>
+    /// holds labels.Length samples in <see cref="DType"/> and <paramref name="output"/> receives as many, in
+    /// <see cref="DType"/> too (a result in another dtype is converted). Nothing goes through the host but the labels
+    /// and t, so a sampler's state can stay on the device between model calls.
+    /// </summary>
+    public void Run(DeviceBuffer input, double t, ReadOnlySpan<int> labels, DeviceBuffer output)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(output);
+        long count = (long)labels.Length * SampleSize;
+        foreach (var (name, buffer) in new[] { ("input", input), ("output", output) })
+        {
+            if (buffer.DType != DType || buffer.Length < count)
+                throw new ArgumentException($"model: the {name} {buffer} must be {DType.Name()} with room for {labels.Length} samples of {SampleSize} values.");
+        }
+        for (int first = 0; first < labels.Length; first += Chunk)
+        {
+            int m = Math.Min(Chunk, labels.Length - first);
+            using var tape = new Tape();
+            using var noGrad = Tape.NoGrad();
+            var xs = Tensor.Empty(Backend, DType, [m, .. sampleShape]);
+            Backend.Copy(input, (long)first * SampleSize, xs.Buffer, 0, (long)m * SampleSize);
+            var result = Forward(xs, t, labels.Slice(first, m), SampleSize);
+            if (result.DType != DType) result = result.To(DType);
+            Backend.Copy(result.Buffer, 0, output, (long)first * SampleSize, (long)m * SampleSize);
+        }
+    }
+
+    /// <summary>One chunk through the network (on the caller's no-grad tape): t in the model's dtype, labels as int32.</summary>
+    private Tensor Forward(Tensor xs, double t, ReadOnlySpan<int> labels, int outSize)
+    {
+        int m = labels.Length;
+        var ts = Upload(Enumerable.Repeat(t, m).ToArray(), [m]);
+        var ys = Tensor.FromArray(Backend, labels.ToArray(), m);
+        var result = forward(xs, ts, ys);
+        if (result.Count != (long)m * outSize)
+            throw new InvalidOperationException($"model: the output {result.Describe()} does not hold {m} samples of {outSize} values.");
+        return result;
     }
 
     private Tensor Upload(ReadOnlySpan<double> values, int[] shape)

@@ -1,4 +1,5 @@
 using Repa.Kernels;
+using Repa.Kernels.Cpu;
 using Repa.Runtime.Training;
 
 namespace Repa.Runtime.Sampling;
@@ -7,7 +8,8 @@ namespace Repa.Runtime.Sampling;
 /// A velocity model seen by the samplers: for a batch of states <paramref name="x"/> (n samples of equal size, flat,
 /// float64), one time <paramref name="t"/> shared by the batch and n class labels (num_classes = the null class), writes
 /// the model output for every sample into <paramref name="output"/> (n samples of the same flat size for a velocity).
-/// Tests plug closed forms in here; <see cref="BatchedModel"/> runs a network.
+/// Tests plug closed forms in here; a network runs through the <see cref="BatchedModel"/> overloads of the samplers
+/// (or <see cref="BatchedModel.AsVelocityModel"/>, which goes through the host).
 /// </summary>
 public delegate void VelocityModel(ReadOnlySpan<double> x, double t, ReadOnlySpan<int> labels, Span<double> output);
 
@@ -88,6 +90,12 @@ public readonly record struct SamplerProgress(int Step, int Steps, double Time);
 /// t_cur also deciding the Heun evaluation at t_next): the model runs on [x; x] with labels [y; null] and the result is
 /// uncond + scale (cond - uncond), on the velocity (ODE) or on the drift (SDE), over all channels.</item>
 /// </list>
+/// Execution: every update is one <see cref="IBackend.FlowStep"/> per model evaluation (the guided combine, the drift, the
+/// update and the SDE's noise fused), in float64, on the backend that holds the state: the CPU backend for a
+/// <see cref="VelocityModel"/> (its reference implementation, so the results are REPA's float64 loops written out), the
+/// model's own backend for a <see cref="BatchedModel"/>, where the state stays on the device from the first step to the
+/// last (converted there to the model's dtype for each call). On CUDA the noise is drawn in the kernel and equals
+/// Philox.Normal up to the last ulp of the device's log/sincos; every other operation is bit for bit the CPU's.
 /// Randomness: Philox keyed by <see cref="SamplerOptions.Seed"/>; the initial noise is stream
 /// <see cref="NoiseStream"/>(0) and SDE step i (0-based) uses stream NoiseStream(i + 1), each at element offset
 /// sample index x sample size. A sample's draws therefore depend only on (seed, its global index), never on how the
@@ -147,10 +155,19 @@ public static class FlowSampler
     {
         if (velocity.Length != x.Length || score.Length != x.Length)
             throw new ArgumentException($"score: velocity ({velocity.Length}), x ({x.Length}) and score ({score.Length}) must have one length.");
+        var (ratio, variance, _) = Drift(pathType, t);
+        for (int i = 0; i < x.Length; i++) score[i] = (ratio * velocity[i] - x[i]) / variance;
+    }
+
+    /// <summary>
+    /// The coefficients of the SDE's drift d = v - w(t)/2 s at <paramref name="t"/> (see <see cref="ScoreDrift"/>):
+    /// r = alpha / alpha', variance = sigma^2 - r sigma' sigma, and w(t) / 2.
+    /// </summary>
+    public static ScoreDrift Drift(string pathType, double t)
+    {
         Objective.Interpolant(pathType, t, out double alpha, out double sigma, out double dAlpha, out double dSigma);
         double ratio = alpha / dAlpha;
-        double variance = sigma * sigma - ratio * dSigma * sigma;
-        for (int i = 0; i < x.Length; i++) score[i] = (ratio * velocity[i] - x[i]) / variance;
+        return new ScoreDrift(ratio, sigma * sigma - ratio * dSigma * sigma, 0.5 * Diffusion(t));
     }
 
     /// <summary>Standard normal initial states at t = 1 for samples firstSample .. firstSample + x.Length / sampleSize - 1.</summary>
@@ -163,7 +180,8 @@ public static class FlowSampler
 
     /// <summary>
     /// Draws <paramref name="labels"/>.Length samples of <paramref name="sampleSize"/> values each: initial noise from
-    /// the seed, then <see cref="Run"/>. <paramref name="firstSample"/> is the global index of the first one.
+    /// the seed, then <see cref="Run(VelocityModel, Span{double}, ReadOnlySpan{int}, int, SamplerOptions, long, Action{SamplerProgress})"/>.
+    /// <paramref name="firstSample"/> is the global index of the first one.
     /// </summary>
     public static double[] Sample(VelocityModel model, ReadOnlySpan<int> labels, int nullClass, int sampleSize, SamplerOptions options,
         long firstSample = 0, Action<SamplerProgress>? progress = null)
@@ -178,149 +196,200 @@ public static class FlowSampler
     /// <summary>
     /// Integrates from t = 1 to t = 0 in place: <paramref name="x"/> holds the states at t = 1 (n = labels.Length samples)
     /// and ends holding the samples. <paramref name="nullClass"/> is the label of the unconditional branch of guidance.
+    /// The model is a host function: the state lives in the CPU backend's memory and every update is its
+    /// <see cref="IBackend.FlowStep"/>, the same op that moves a network's state on its device.
     /// </summary>
     public static void Run(VelocityModel model, Span<double> x, ReadOnlySpan<int> labels, int nullClass, SamplerOptions options,
         long firstSample = 0, Action<SamplerProgress>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(model);
+        if (!Check(x, labels, options, firstSample)) return;
+        using var stepModel = new HostModel(model, labels, nullClass, x.Length, options);
+        Integrate(stepModel, x, options, firstSample, x.Length / labels.Length, progress);
+    }
+
+    /// <summary>
+    /// <see cref="Run(VelocityModel, Span{double}, ReadOnlySpan{int}, int, SamplerOptions, long, Action{SamplerProgress})"/>
+    /// for a network on its backend: the float64 state is uploaded once, stays on the device between model calls (each
+    /// call converts it to the model's dtype there, doubled under guidance) and comes back at the end; every update is
+    /// the backend's fused <see cref="IBackend.FlowStep"/>, with the SDE's noise drawn on the device.
+    /// </summary>
+    public static void Run(BatchedModel model, Span<double> x, ReadOnlySpan<int> labels, int nullClass, SamplerOptions options,
+        long firstSample = 0, Action<SamplerProgress>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (!Check(x, labels, options, firstSample)) return;
+        if (x.Length != (long)labels.Length * model.SampleSize)
+            throw new ArgumentException($"sampler: {x.Length} state values are not {labels.Length} samples of the model's {model.SampleSize}.", nameof(x));
+        using var stepModel = new NetworkModel(model, labels, nullClass, x.Length, options);
+        Integrate(stepModel, x, options, firstSample, model.SampleSize, progress);
+    }
+
+    /// <summary>Validates a run's arguments; false when there is nothing to sample.</summary>
+    private static bool Check(ReadOnlySpan<double> x, ReadOnlySpan<int> labels, SamplerOptions options, long firstSample)
+    {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         ArgumentOutOfRangeException.ThrowIfNegative(firstSample);
         int n = labels.Length;
-        if (n == 0) return;
+        if (n == 0) return false;
         if (x.Length % n != 0 || x.Length == 0)
             throw new ArgumentException($"sampler: {x.Length} state values do not split into {n} samples.", nameof(x));
-        var evaluator = new Evaluator(model, labels, nullClass, x.Length / n, options);
-        var grid = TimeGrid(options);
-        if (options.Mode == SamplerMode.Ode) Ode(evaluator, x, grid, options, progress);
-        else Sde(evaluator, x, grid, options, firstSample, progress);
+        return true;
     }
 
-    private static void Ode(Evaluator e, Span<double> x, double[] grid, SamplerOptions o, Action<SamplerProgress>? progress)
+    /// <summary>The step loop of both samplers on the model's backend; x is uploaded first and downloaded last.</summary>
+    private static void Integrate(StepModel model, Span<double> x, SamplerOptions o, long firstSample, int sampleSize,
+        Action<SamplerProgress>? progress)
     {
-        int steps = o.Steps, len = x.Length;
-        var d = new double[len];
-        var xNext = new double[len];
-        var dPrime = o.Heun ? new double[len] : [];
+        var backend = model.Backend;
+        long len = x.Length;
+        var buffers = new List<DeviceBuffer>();
+        DeviceBuffer State() // float64 buffers of one state, freed at the end
+        {
+            var b = backend.Allocate(DType.F64, len);
+            buffers.Add(b);
+            return b;
+        }
+        try
+        {
+            var state = State();
+            backend.Upload<double>(x, state);
+            var grid = TimeGrid(o);
+            if (o.Mode == SamplerMode.Ode) Ode(model, state, o.Heun ? State() : null, o.Heun ? State() : null, grid, o, progress);
+            else Sde(model, state, grid, o, checked((ulong)firstSample * (ulong)sampleSize), progress);
+            backend.Download<double>(state, x);
+        }
+        finally
+        {
+            foreach (var b in buffers) b.Dispose();
+        }
+    }
+
+    private static void Ode(StepModel m, DeviceBuffer x, DeviceBuffer? xNext, DeviceBuffer? direction, double[] grid, SamplerOptions o,
+        Action<SamplerProgress>? progress)
+    {
+        int steps = o.Steps;
+        long len = x.Length;
         for (int i = 0; i < steps; i++)
         {
-            double tCur = grid[i], tNext = grid[i + 1], dt = tNext - tCur;
+            double tCur = grid[i], tNext = grid[i + 1];
             bool guided = o.Guided(tCur);
-            e.Velocity(x, tCur, guided, d);
-            for (int k = 0; k < len; k++) xNext[k] = x[k] + dt * d[k];
+            var euler = new FlowStepCoefficients(FlowUpdate.Euler, tNext - tCur) { GuidanceScale = guided ? o.CfgScale : null };
+            var v = m.Evaluate(x, tCur, guided);
             if (o.Heun && i < steps - 1)
             {
+                m.Backend.FlowStep(euler, x, v, direction, xNext!, len);
                 // REPA decides guidance of the correction by t_cur too, though the model runs at t_next.
-                e.Velocity(xNext, tNext, guided, dPrime);
-                for (int k = 0; k < len; k++) x[k] += dt * (0.5 * d[k] + 0.5 * dPrime[k]);
+                var vNext = m.Evaluate(xNext!, tNext, guided);
+                m.Backend.FlowStep(euler with { Update = FlowUpdate.Heun }, x, vNext, direction, x, len);
             }
             else
             {
-                xNext.CopyTo(x);
+                m.Backend.FlowStep(euler, x, v, null, x, len);
             }
             progress?.Invoke(new SamplerProgress(i + 1, steps, tNext));
         }
     }
 
-    private static void Sde(Evaluator e, Span<double> x, double[] grid, SamplerOptions o, long firstSample, Action<SamplerProgress>? progress)
+    private static void Sde(StepModel m, DeviceBuffer x, double[] grid, SamplerOptions o, ulong offset, Action<SamplerProgress>? progress)
     {
-        int steps = o.Steps, len = x.Length;
-        var d = new double[len];
-        var eps = new double[len];
-        ulong offset = checked((ulong)firstSample * (ulong)e.SampleSize);
+        int steps = o.Steps;
+        long len = x.Length;
         for (int i = 0; i < steps - 1; i++)
         {
             double tCur = grid[i], tNext = grid[i + 1], dt = tNext - tCur;
-            double diffusion = Diffusion(tCur);
-            Philox.Normal(o.Seed, NoiseStream(i + 1), offset, eps);
-            e.Drift(x, tCur, o.Guided(tCur), diffusion, d);
-            double noiseScale = Math.Sqrt(diffusion), sqrtDt = Math.Sqrt(Math.Abs(dt));
-            for (int k = 0; k < len; k++) x[k] = x[k] + d[k] * dt + noiseScale * (eps[k] * sqrtDt);
+            bool guided = o.Guided(tCur);
+            var step = new FlowStepCoefficients(FlowUpdate.EulerMaruyama, dt)
+            {
+                GuidanceScale = guided ? o.CfgScale : null,
+                Drift = Drift(o.PathType, tCur), // guidance combines the two drifts, as REPA does
+                Noise = new StepNoise(o.Seed, NoiseStream(i + 1), offset, Math.Sqrt(Diffusion(tCur)), Math.Sqrt(Math.Abs(dt))),
+            };
+            m.Backend.FlowStep(step, x, m.Evaluate(x, tCur, guided), null, x, len);
             progress?.Invoke(new SamplerProgress(i + 1, steps, tNext));
         }
         // Last step, 0.04 -> 0: the mean of the Euler-Maruyama update, no noise.
-        double tLast = grid[steps - 1], dtLast = grid[steps] - tLast;
-        e.Drift(x, tLast, o.Guided(tLast), Diffusion(tLast), d);
-        for (int k = 0; k < len; k++) x[k] = x[k] + dtLast * d[k];
+        double tLast = grid[steps - 1];
+        bool guidedLast = o.Guided(tLast);
+        var last = new FlowStepCoefficients(FlowUpdate.Euler, grid[steps] - tLast)
+        {
+            GuidanceScale = guidedLast ? o.CfgScale : null,
+            Drift = Drift(o.PathType, tLast),
+        };
+        m.Backend.FlowStep(last, x, m.Evaluate(x, tLast, guidedLast), null, x, len);
         progress?.Invoke(new SamplerProgress(steps, steps, grid[steps]));
     }
 
-    /// <summary>Model calls with or without guidance, and the SDE drift; owns the buffers of the doubled batch.</summary>
-    private sealed class Evaluator
+    /// <summary>
+    /// A model as the step loop sees it: evaluated at a float64 state on <see cref="Backend"/>, it fills a buffer with its
+    /// outputs, n values or, guided, 2n (the model on [x; x] with labels [y; null]: the conditional half first). The
+    /// state is first converted into the model's input buffer on the backend (rounded as REPA casts x to the latents'
+    /// dtype) and copied into its second half under guidance.
+    /// </summary>
+    private abstract class StepModel : IDisposable
     {
-        private readonly VelocityModel model;
-        private readonly int[] labels;
-        private readonly int[] doubledLabels;
-        private readonly SamplerOptions options;
-        private double[] doubledX = [], doubledOut = [], score = [];
+        private readonly int[] labels, doubledLabels;
+        private readonly long length;
 
-        public Evaluator(VelocityModel model, ReadOnlySpan<int> labels, int nullClass, int sampleSize, SamplerOptions options)
+        protected StepModel(IBackend backend, DType dtype, ReadOnlySpan<int> labels, int nullClass, long length, SamplerOptions options)
         {
-            this.model = model;
-            this.options = options;
+            Backend = backend;
             this.labels = labels.ToArray();
-            SampleSize = sampleSize;
-            doubledLabels = options.CfgScale > 1 ? [.. this.labels, .. Enumerable.Repeat(nullClass, labels.Length)] : [];
-        }
-
-        public int SampleSize { get; }
-
-        /// <summary>The (guided) velocity at (x, t).</summary>
-        public void Velocity(ReadOnlySpan<double> x, double t, bool guided, Span<double> result)
-        {
-            if (!guided)
+            bool guidance = options.CfgScale > 1;
+            doubledLabels = guidance ? [.. this.labels, .. Enumerable.Repeat(nullClass, labels.Length)] : [];
+            this.length = length;
+            long size = guidance ? 2 * length : length;
+            Input = backend.Allocate(dtype, size);
+            try
             {
-                model(x, t, labels, result);
-                return;
+                Output = backend.Allocate(dtype, size);
             }
-            var (cond, uncond) = RunDoubled(x, t);
-            Combine(cond, uncond, result);
+            catch
+            {
+                Input.Dispose();
+                throw;
+            }
         }
 
-        /// <summary>The (guided) SDE drift v - w/2 s at (x, t); guidance combines the two drifts, as REPA does.</summary>
-        public void Drift(ReadOnlySpan<double> x, double t, bool guided, double diffusion, Span<double> result)
+        public IBackend Backend { get; }
+
+        /// <summary>The model's input and output buffers, in its dtype.</summary>
+        protected DeviceBuffer Input { get; }
+
+        protected DeviceBuffer Output { get; }
+
+        /// <summary>The model output at (x, t), guided or not; the buffer is reused by the next call.</summary>
+        public DeviceBuffer Evaluate(DeviceBuffer x, double t, bool guided)
         {
-            int len = x.Length;
-            if (score.Length != len) score = new double[len];
-            double halfDiffusion = 0.5 * diffusion;
-            if (!guided)
-            {
-                model(x, t, labels, result);
-                ScoreFromVelocity(options.PathType, t, result, x, score);
-                for (int k = 0; k < len; k++) result[k] -= halfDiffusion * score[k];
-                return;
-            }
-            var (cond, uncond) = RunDoubled(x, t);
-            foreach (var half in new[] { cond, uncond })
-            {
-                ScoreFromVelocity(options.PathType, t, half.Span, x, score);
-                var h = half.Span;
-                for (int k = 0; k < len; k++) h[k] -= halfDiffusion * score[k];
-            }
-            Combine(cond, uncond, result);
+            Backend.Convert(x, Input, length);
+            if (guided) Backend.Copy(Input, 0, Input, length, length);
+            Run(t, guided ? doubledLabels : labels, guided ? 2 * length : length);
+            return Output;
         }
 
-        /// <summary>The model on [x; x] with labels [y; null]: (output for y, output for null).</summary>
-        private (Memory<double> Cond, Memory<double> Uncond) RunDoubled(ReadOnlySpan<double> x, double t)
-        {
-            int len = x.Length;
-            if (doubledX.Length != 2 * len)
-            {
-                doubledX = new double[2 * len];
-                doubledOut = new double[2 * len];
-            }
-            x.CopyTo(doubledX);
-            x.CopyTo(doubledX.AsSpan(len));
-            model(doubledX, t, doubledLabels, doubledOut);
-            return (doubledOut.AsMemory(0, len), doubledOut.AsMemory(len, len));
-        }
+        /// <summary>Output[..count] = the model on Input[..count] (labels.Length samples) at time t.</summary>
+        protected abstract void Run(double t, int[] labels, long count);
 
-        private void Combine(Memory<double> cond, Memory<double> uncond, Span<double> result)
+        public void Dispose()
         {
-            double scale = options.CfgScale;
-            var c = cond.Span;
-            var u = uncond.Span;
-            for (int k = 0; k < result.Length; k++) result[k] = u[k] + scale * (c[k] - u[k]);
+            Input.Dispose();
+            Output.Dispose();
         }
+    }
+
+    /// <summary>A <see cref="VelocityModel"/> on float64 spans of the CPU backend's buffers.</summary>
+    private sealed class HostModel(VelocityModel model, ReadOnlySpan<int> labels, int nullClass, long length, SamplerOptions options)
+        : StepModel(CpuBackend.Default, DType.F64, labels, nullClass, length, options)
+    {
+        protected override void Run(double t, int[] labels, long count) =>
+            model(((CpuBuffer)Input).AsSpan<double>()[..(int)count], t, labels, ((CpuBuffer)Output).AsSpan<double>()[..(int)count]);
+    }
+
+    /// <summary>A network on its backend, in its dtype.</summary>
+    private sealed class NetworkModel(BatchedModel model, ReadOnlySpan<int> labels, int nullClass, long length, SamplerOptions options)
+        : StepModel(model.Backend, model.DType, labels, nullClass, length, options)
+    {
+        protected override void Run(double t, int[] labels, long count) => model.Run(Input, t, labels, Output);
     }
 }

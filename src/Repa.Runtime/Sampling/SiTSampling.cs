@@ -161,7 +161,7 @@ public static class SiTSampling
             int done = g * steps;
             Action<SamplerProgress>? report = progress == null ? null
                 : p => progress(new SamplerProgress(done + p.Step, groups * steps, p.Time));
-            FlowSampler.Run(runner.AsVelocityModel(), x, labels.Slice(first, m), classes, options, first, report);
+            FlowSampler.Run(runner, x, labels.Slice(first, m), classes, options, first, report);
         }
         return samples;
     }

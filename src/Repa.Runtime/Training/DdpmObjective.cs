@@ -55,13 +55,61 @@ public sealed class DdpmObjective
         ArgumentNullException.ThrowIfNull(t);
         ArgumentNullException.ThrowIfNull(labels);
         ArgumentNullException.ThrowIfNull(targets);
+        RequireLearnedVariance(model);
+        Objective.CheckInputs(x0, noise, op);
+        var inputs = Inputs(t, x0.Shape[0], op);
+        int n = x0.Shape[0];
+        var backend = x0.Backend;
+        var coefficients = inputs.Coefficients.Select(c => Objective.MakeTensor(backend, x0.DType, c, n, 1, 1, 1)).ToArray();
+        var times = Objective.MakeTensor(backend, x0.DType, inputs.Times, n);
+        Tensor stepParams;
+        using (Tape.NoGrad()) stepParams = Objective.MakeTensor(backend, x0.DType, inputs.StepParameters, n, 4);
+        return Compute(model, x0, noise, times, coefficients, stepParams, labels, targets);
+    }
+
+    /// <summary>Coefficient tensors of the DDPM objective in <see cref="StepInputs.Coefficients"/>: sqrt(alphā_t),
+    /// sqrt(1 - alphā_t), the two posterior-mean coefficients, sqrt(1 / alphā_t) and sqrt(1 / alphā_t - 1).</summary>
+    public const int CoefficientCount = 6;
+
+    /// <summary>
+    /// Uploads the per-sample tensors derived from the timestep indices <paramref name="t"/> (the model's times, the
+    /// schedule's coefficients and the VLB parameters, from the float64 schedule as
+    /// <see cref="Compute(SiT, Tensor, Tensor, double[], Tensor, Tensor[])"/> forms them) into <paramref name="inputs"/>.
+    /// </summary>
+    public void SetTimes(StepInputs inputs, double[] t)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        if (inputs.Coefficients.Length != CoefficientCount || inputs.StepParameters == null)
+            throw new ArgumentException($"ddpm_objective: the step inputs need {CoefficientCount} coefficient tensors and the [N, 4] VLB parameters.");
+        var host = Inputs(t, inputs.Batch, "ddpm_objective");
+        StepInputs.Upload(inputs.Times, host.Times);
+        for (int i = 0; i < CoefficientCount; i++) StepInputs.Upload(inputs.Coefficients[i], host.Coefficients[i]);
+        StepInputs.Upload(inputs.StepParameters, host.StepParameters);
+    }
+
+    /// <summary>The loss of one micro-batch whose inputs (and times through <see cref="SetTimes"/>) are in
+    /// <paramref name="inputs"/>: device work only, so it can be captured into a CUDA graph.</summary>
+    public LossResult Compute(SiT model, StepInputs inputs)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(inputs);
+        RequireLearnedVariance(model);
+        if (inputs.StepParameters == null || inputs.Coefficients.Length != CoefficientCount)
+            throw new ArgumentException($"ddpm_objective: the step inputs need {CoefficientCount} coefficient tensors and the [N, 4] VLB parameters.");
+        return Compute(model, inputs.X0, inputs.Noise, inputs.Times, inputs.Coefficients, inputs.StepParameters, inputs.Labels, inputs.Targets);
+    }
+
+    private static void RequireLearnedVariance(SiT model)
+    {
         if (!model.Config.LearnSigma)
             throw new ArgumentException($"the DDPM objective needs a model with a learned variance (a DiT preset); {model.Config.Name} has none.");
-        if (x0.Rank != 4 || !x0.Shape.AsSpan().SequenceEqual(noise.Shape))
-            throw new ShapeMismatchException($"{op}: x0 {x0.Describe()} and noise {noise.Describe()} must both be [N, C, H, W] of one shape.");
-        if (x0.DType != noise.DType || x0.Backend != noise.Backend)
-            throw new ShapeMismatchException($"{op}: x0 {x0.Describe()} and noise {noise.Describe()} must share dtype and backend.");
-        int n = x0.Shape[0];
+    }
+
+    private sealed record HostInputs(double[] Times, double[][] Coefficients, double[] StepParameters);
+
+    // The per-sample values of the timestep indices t, from the float64 schedule.
+    private HostInputs Inputs(double[] t, int n, string op)
+    {
         if (t.Length != n) throw new ShapeMismatchException($"{op}: {t.Length} timesteps for a batch of {n}.");
         var d = Diffusion;
         var steps = new int[n];
@@ -71,35 +119,44 @@ public sealed class DdpmObjective
                 throw new ArgumentException($"{op}: timestep {t[i]} must be an integer in 0..{d.NumTimesteps - 1}.");
             steps[i] = (int)t[i];
         }
+        double[] Of(Func<int, double> f) => steps.Select(f).ToArray();
+        double[][] coefficients =
+        [
+            Of(s => d.SqrtAlphasCumprod[s]), Of(s => d.SqrtOneMinusAlphasCumprod[s]), Of(s => d.PosteriorMeanCoef1[s]),
+            Of(s => d.PosteriorMeanCoef2[s]), Of(s => d.SqrtRecipAlphasCumprod[s]), Of(s => d.SqrtRecipm1AlphasCumprod[s]),
+        ];
+        var p = new double[4 * n];
+        for (int i = 0; i < n; i++)
+        {
+            int s = steps[i];
+            p[4 * i] = d.PosteriorLogVarianceClipped[s]; // learned range: from the clipped posterior variance
+            p[4 * i + 1] = d.LogBetas[s]; // to beta_t
+            p[4 * i + 2] = d.PosteriorLogVarianceClipped[s]; // the true posterior's (clipped) log variance
+            p[4 * i + 3] = s == 0 ? 1 : 0; // t = 0: decoder NLL instead of the KL
+        }
+        return new HostInputs(Of(s => (double)d.TimestepMap[s]), coefficients, p);
+    }
 
+    // The device part, from the inputs' tensors on.
+    private LossResult Compute(SiT model, Tensor x0, Tensor noise, Tensor times, Tensor[] c, Tensor stepParams, Tensor labels, Tensor[] targets)
+    {
+        const string op = "ddpm_objective";
+        Objective.CheckInputs(x0, noise, op);
         var backend = x0.Backend;
-        Tensor Coef(Func<int, double> f) => Objective.MakeTensor(backend, x0.DType, steps.Select(f).ToArray(), n, 1, 1, 1);
-        var xT = Ops.Add(Ops.Mul(Coef(s => d.SqrtAlphasCumprod[s]), x0), Ops.Mul(Coef(s => d.SqrtOneMinusAlphasCumprod[s]), noise));
-        var times = Objective.MakeTensor(backend, x0.DType, steps.Select(s => (double)d.TimestepMap[s]).ToArray(), n);
+        var xT = Ops.Add(Ops.Mul(c[0], x0), Ops.Mul(c[1], noise));
         var (output, projections) = model.Forward(xT, times, labels);
         var halves = Ops.Chunk(output, 2, 1); // [eps_hat | variance values]
         var mse = Ops.MsePerSample(halves[0], noise);
 
-        Tensor modelMean, trueMean, stepParams;
+        Tensor modelMean, trueMean;
         using (Tape.NoGrad())
         {
             // The VLB sees the mean of the detached eps (DiT's frozen_out): x0_hat from eps, then the posterior mean at
             // x0_hat; the true posterior's mean at the real x0. Same order of operations as the reference.
-            var c1 = Coef(s => d.PosteriorMeanCoef1[s]);
-            var c2 = Coef(s => d.PosteriorMeanCoef2[s]);
-            var xStart = Ops.Sub(Ops.Mul(Coef(s => d.SqrtRecipAlphasCumprod[s]), xT), Ops.Mul(Coef(s => d.SqrtRecipm1AlphasCumprod[s]), halves[0]));
+            var (c1, c2) = (c[2], c[3]);
+            var xStart = Ops.Sub(Ops.Mul(c[4], xT), Ops.Mul(c[5], halves[0]));
             modelMean = Ops.Add(Ops.Mul(c1, xStart), Ops.Mul(c2, xT));
             trueMean = Ops.Add(Ops.Mul(c1, x0), Ops.Mul(c2, xT));
-            var p = new double[4 * n];
-            for (int i = 0; i < n; i++)
-            {
-                int s = steps[i];
-                p[4 * i] = d.PosteriorLogVarianceClipped[s]; // learned range: from the clipped posterior variance
-                p[4 * i + 1] = d.LogBetas[s]; // to beta_t
-                p[4 * i + 2] = d.PosteriorLogVarianceClipped[s]; // the true posterior's (clipped) log variance
-                p[4 * i + 3] = s == 0 ? 1 : 0; // t = 0: decoder NLL instead of the KL
-            }
-            stepParams = Objective.MakeTensor(backend, x0.DType, p, n, 4);
         }
         var vb = Ops.Mean(Ops.DiffusionVlbTerm(halves[1], modelMean, trueMean, x0, stepParams));
         var denoise = Ops.Mean(mse);

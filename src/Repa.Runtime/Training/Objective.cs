@@ -152,9 +152,61 @@ public sealed class Objective
     {
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(shape);
-        var values = new double[Shapes.Count(shape)];
+        return MakeTensor(backend, dtype, NoiseValues(Shapes.Count(shape), seed, step, offset), shape);
+    }
+
+    /// <summary>The values of <see cref="SampleNoise"/>: <paramref name="count"/> standard normals of the step's noise
+    /// stream from element <paramref name="offset"/> on, in float64.</summary>
+    public static double[] NoiseValues(long count, ulong seed, ulong step, ulong offset = 0)
+    {
+        var values = new double[count];
         Philox.Normal(seed, Stream(step, NoisePurpose), offset, values);
-        return MakeTensor(backend, dtype, values, shape);
+        return values;
+    }
+
+    /// <summary>Coefficient tensors of the SiT objective in <see cref="StepInputs.Coefficients"/>: alpha_t, sigma_t,
+    /// alpha'_t, sigma'_t.</summary>
+    public const int CoefficientCount = 4;
+
+    /// <summary>
+    /// Uploads the times <paramref name="t"/> and the interpolant's coefficients derived from them (computed on the host
+    /// in float64, as <see cref="Compute(SiT, Tensor, Tensor, double[], Tensor, Tensor[])"/> does) into
+    /// <paramref name="inputs"/>, for <see cref="Compute(SiT, StepInputs)"/>.
+    /// </summary>
+    public void SetTimes(StepInputs inputs, double[] t)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        if (inputs.Coefficients.Length != CoefficientCount)
+            throw new ArgumentException($"objective: the step inputs hold {inputs.Coefficients.Length} coefficient tensors, the SiT objective needs {CoefficientCount}.");
+        var coefficients = Coefficients(t, inputs.Batch, "objective");
+        StepInputs.Upload(inputs.Times, t);
+        for (int i = 0; i < CoefficientCount; i++) StepInputs.Upload(inputs.Coefficients[i], coefficients[i]);
+    }
+
+    /// <summary>
+    /// The loss of one micro-batch whose inputs (x0, noise, labels, targets, and the times through
+    /// <see cref="SetTimes"/>) are in <paramref name="inputs"/>: device work only (nothing is read back or uploaded), so it
+    /// can be captured into a CUDA graph.
+    /// </summary>
+    public LossResult Compute(SiT model, StepInputs inputs)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        return Compute(model, inputs.X0, inputs.Noise, inputs.Times, inputs.Coefficients, inputs.Labels, inputs.Targets);
+    }
+
+    /// <summary>alpha_t, sigma_t, alpha'_t, sigma'_t per sample, after checking that there are n finite times.</summary>
+    private double[][] Coefficients(double[] t, int n, string op)
+    {
+        ArgumentNullException.ThrowIfNull(t);
+        if (t.Length != n)
+            throw new ShapeMismatchException($"{op}: {t.Length} times for a batch of {n}.");
+        foreach (double ti in t)
+            if (!double.IsFinite(ti)) throw new ArgumentException($"{op}: every time must be finite, got {ti}.");
+        var c = new double[CoefficientCount][];
+        for (int k = 0; k < CoefficientCount; k++) c[k] = new double[n];
+        for (int i = 0; i < n; i++)
+            Interpolant(Config.PathType, t[i], out c[0][i], out c[1][i], out c[2][i], out c[3][i]);
+        return c;
     }
 
     /// <summary>
@@ -179,32 +231,36 @@ public sealed class Objective
 
     private LossResult Compute(SiT model, Tensor x0, Tensor noise, double[] t, Tensor tTensor, Tensor labels, Tensor[] targets)
     {
-        const string op = "objective";
-        ArgumentNullException.ThrowIfNull(model);
+        CheckInputs(x0, noise, "objective");
+        // Per-sample coefficients as [N, 1, 1, 1], broadcast over C, H, W.
+        int n = x0.Shape[0];
+        var coefficients = Coefficients(t, n, "objective").Select(v => MakeTensor(x0.Backend, x0.DType, v, n, 1, 1, 1)).ToArray();
+        return Compute(model, x0, noise, tTensor, coefficients, labels, targets);
+    }
+
+    /// <summary>x0 and noise [N, C, H, W] of one shape, dtype and backend.</summary>
+    internal static void CheckInputs(Tensor x0, Tensor noise, string op)
+    {
+        ArgumentNullException.ThrowIfNull(x0);
         ArgumentNullException.ThrowIfNull(noise);
-        ArgumentNullException.ThrowIfNull(labels);
-        ArgumentNullException.ThrowIfNull(targets);
         if (x0.Rank != 4 || !x0.Shape.AsSpan().SequenceEqual(noise.Shape))
             throw new ShapeMismatchException($"{op}: x0 {x0.Describe()} and noise {noise.Describe()} must both be [N, C, H, W] of one shape.");
         if (x0.DType != noise.DType || x0.Backend != noise.Backend)
             throw new ShapeMismatchException($"{op}: x0 {x0.Describe()} and noise {noise.Describe()} must share dtype and backend.");
-        int n = x0.Shape[0];
-        if (t.Length != n)
-            throw new ShapeMismatchException($"{op}: {t.Length} times for a batch of {n}.");
-        foreach (double ti in t)
-            if (!double.IsFinite(ti)) throw new ArgumentException($"{op}: every time must be finite, got {ti}.");
+    }
 
-        // Per-sample coefficients as [N, 1, 1, 1], broadcast over C, H, W.
-        var alpha = new double[n];
-        var sigma = new double[n];
-        var dAlpha = new double[n];
-        var dSigma = new double[n];
-        for (int i = 0; i < n; i++)
-            Interpolant(Config.PathType, t[i], out alpha[i], out sigma[i], out dAlpha[i], out dSigma[i]);
-        Tensor Coef(double[] v) => MakeTensor(x0.Backend, x0.DType, v, n, 1, 1, 1);
+    // The device part: everything from the inputs' tensors on (coefficients: alpha, sigma, alpha', sigma' [N, 1, 1, 1]).
+    private LossResult Compute(SiT model, Tensor x0, Tensor noise, Tensor tTensor, Tensor[] coefficients, Tensor labels, Tensor[] targets)
+    {
+        const string op = "objective";
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(labels);
+        ArgumentNullException.ThrowIfNull(targets);
+        CheckInputs(x0, noise, op);
+        var (alpha, sigma, dAlpha, dSigma) = (coefficients[0], coefficients[1], coefficients[2], coefficients[3]);
 
-        var xT = Ops.Add(Ops.Mul(Coef(alpha), x0), Ops.Mul(Coef(sigma), noise));
-        var v = Ops.Add(Ops.Mul(Coef(dAlpha), x0), Ops.Mul(Coef(dSigma), noise));
+        var xT = Ops.Add(Ops.Mul(alpha, x0), Ops.Mul(sigma, noise));
+        var v = Ops.Add(Ops.Mul(dAlpha, x0), Ops.Mul(dSigma, noise));
         var (output, projections) = model.Forward(xT, tTensor, labels);
         var denoise = Ops.Mean(Ops.MsePerSample(output, v));
 
@@ -240,10 +296,12 @@ public sealed class Objective
         return targets.Length == 1 ? sum! : Ops.Scale(sum!, 1.0 / targets.Length);
     }
 
-    internal static Tensor MakeTensor(IBackend backend, DType dtype, double[] values, params int[] shape) => dtype switch
+    internal static Tensor MakeTensor(IBackend backend, DType dtype, double[] values, params int[] shape)
     {
-        DType.F64 => Tensor.FromArray(backend, values, shape),
-        DType.F32 => Tensor.FromArray(backend, values.Select(x => (float)x).ToArray(), shape),
-        _ => throw new ArgumentException($"objective: dtype {dtype.Name()} is not a floating-point model dtype."),
-    };
+        if (dtype is not (DType.F64 or DType.F32))
+            throw new ArgumentException($"objective: dtype {dtype.Name()} is not a floating-point model dtype.");
+        var t = Tensor.Empty(backend, dtype, shape);
+        StepInputs.Upload(t, values);
+        return t;
+    }
 }

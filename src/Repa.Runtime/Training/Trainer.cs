@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using Repa.Autograd;
 using Repa.Kernels;
+using Repa.Kernels.Cuda;
 using Repa.Runtime.Checkpoints;
 using Repa.Runtime.Data;
 using Repa.Runtime.Models;
@@ -56,6 +57,12 @@ public sealed record TrainOptions
     /// in it (CUDA) and no elsewhere (the CPU). fp16 (which needs loss scaling) is not offered.
     /// </summary>
     public string? MixedPrecision { get; init; }
+
+    /// <summary>
+    /// Capture the step's device work (forward, backward, grad norm, clip, AdamW, EMA) as a CUDA graph after the run's
+    /// first step and replay it (`--cuda-graph`); the CPU backend runs the same steps either way.
+    /// </summary>
+    public bool CudaGraph { get; init; } = true;
 }
 
 /// <summary>One step's figures, as printed and as written to metrics.jsonl.</summary>
@@ -68,6 +75,11 @@ public sealed record StepMetrics(int Step, double Loss, double Denoise, double P
 /// <summary>
 /// The training loop: data -> objective -> backward -> AdamW (with the global clip) -> EMA, on one tape reset per step
 /// so a step allocates nothing after the first. Every random draw comes from Philox keyed by (seed, step, purpose).
+/// A step has a host part (draws, uploads into persistent <see cref="StepInputs"/>, the optimiser's step scalars) and
+/// a device part that reads nothing back (zero grads, per micro-batch forward + backward with the loss figures summed
+/// into device memory, grad norm, clip, AdamW, EMA); the figures are read after it. The run's first step runs the
+/// device part eagerly (warming the buffer pool); with <see cref="TrainOptions.CudaGraph"/> the later steps launch it
+/// as one captured graph (<see cref="IBackend.Capture"/>: a CUDA graph, or the same code again on the CPU).
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -80,6 +92,10 @@ public sealed class Trainer : IDisposable
     private readonly DdpmObjective? ddpm; // set for --objective ddpm; labels and noise still come from `objective`
     private readonly AdamW optimizer;
     private readonly Ema ema;
+    private readonly StepInputs[] inputs; // one per micro-batch
+    private readonly Tensor figures; // float64 {loss, denoise, proj, vb} of the last step, summed on the device
+    private IDeviceGraph? graph;
+    private Tape? graphTape, warmTape; // the tape the graph was captured with; the tape of the last eager step
 
     public Trainer(IBackend backend, TrainOptions options, TrainingData data, ITargetProvider? targets)
     {
@@ -118,6 +134,11 @@ public sealed class Trainer : IDisposable
         Model = new SiT(backend, DType.F32, Config, options.Seed) { ComputeDType = ComputeType(options.MixedPrecision, backend) };
         optimizer = new AdamW(Model.NamedParameters(), options.LearningRate, maxGradNorm: options.MaxGradNorm);
         ema = new Ema(Model.NamedParameters(), options.EmaDecay);
+        (int, int)[] targetShapes = repa ? [(targets!.Tokens, targets.Dim)] : [];
+        int micro = options.Batch / options.GradientAccumulation;
+        inputs = Enumerable.Range(0, options.GradientAccumulation).Select(_ => new StepInputs(backend, DType.F32, micro, data.Channels,
+            options.ImageSize, ddpm != null ? DdpmObjective.CoefficientCount : Objective.CoefficientCount, ddpm != null, targetShapes)).ToArray();
+        figures = Tensor.Zeros(backend, DType.F64, 4).Persistent();
     }
 
     public SiTConfig Config { get; }
@@ -210,8 +231,8 @@ public sealed class Trainer : IDisposable
     /// <summary>Runs one step (1-based) and returns its metrics.</summary>
     public StepMetrics Step(int step, Tape tape)
     {
+        ArgumentNullException.ThrowIfNull(tape);
         var sw = Stopwatch.StartNew();
-        optimizer.ZeroGrad();
         var backend = Model.Backend;
         int n = options.Batch, size = options.ImageSize, accum = options.GradientAccumulation, micro = n / accum;
         int perImage = data.Channels * size * size;
@@ -222,32 +243,101 @@ public sealed class Trainer : IDisposable
         var labels = new int[n];
         data.FillBatch(indices, images, labels, options.Seed, (ulong)step);
         var dropped = objective.DropLabels(labels, data.NumClasses, options.Seed, (ulong)step);
+        // The device cannot report a bad label from inside a captured step, so check here (the null class is NumClasses).
+        foreach (int label in dropped)
+            if (label < 0 || label > data.NumClasses)
+                throw new InvalidDataException($"the data gave label {label} at step {step}, outside 0..{data.NumClasses - 1}; check the dataset's labels.");
         var t = ddpm != null ? ddpm.SampleTimes(options.Seed, (ulong)step, n) : objective.SampleTimes(options.Seed, (ulong)step, n);
-        double total = 0, denoise = 0, proj = 0, vb = 0;
         for (int k = 0; k < accum; k++)
         {
-            tape.Reset(); // gradients of the parameters survive; this micro-batch's activations go back to the pool
+            var input = inputs[k];
             int first = k * micro;
-            var x0 = Tensor.FromArray(backend, images.AsSpan(first * perImage, micro * perImage).ToArray(), micro, data.Channels, size, size);
-            var noise = Objective.SampleNoise(backend, DType.F32, x0.Shape, options.Seed, (ulong)step, (ulong)(first * perImage));
-            var y = Tensor.FromArray(backend, dropped.AsSpan(first, micro).ToArray(), micro);
-            Tensor[] targetTensors = targets != null && options.Objective.ProjCoeff > 0
-                ? [targets.Targets(indices.AsSpan(first, micro), backend, DType.F32)] : [];
+            backend.Upload<float>(images.AsSpan(first * perImage, micro * perImage), input.X0.Buffer);
+            StepInputs.Upload(input.Noise, Objective.NoiseValues(input.Noise.Count, options.Seed, (ulong)step, (ulong)(first * perImage)));
+            backend.Upload<int>(dropped.AsSpan(first, micro), input.Labels.Buffer);
+            if (input.Targets.Length > 0)
+            {
+                // Off the tape: a replayed step never resets it, so it must not collect the step's temporaries.
+                using var computed = targets!.Targets(indices.AsSpan(first, micro), backend, input.Targets[0].DType).Persistent();
+                if (!computed.Shape.AsSpan().SequenceEqual(input.Targets[0].Shape))
+                    throw new InvalidDataException($"the encoder gave targets {computed.ShapeString} for a micro-batch of {micro}; expected {input.Targets[0].ShapeString}.");
+                backend.Copy(computed.Buffer, 0, input.Targets[0].Buffer, 0, computed.Count);
+            }
             var microT = t.AsSpan(first, micro).ToArray();
-            var loss = ddpm != null ? ddpm.Compute(Model, x0, noise, microT, y, targetTensors) : objective.Compute(Model, x0, noise, microT, y, targetTensors);
-            double value = loss.Total.Item();
-            if (!double.IsFinite(value))
-                throw new InvalidOperationException($"the loss became {value} at step {step}; lower --lr or check the data.");
-            total += value / accum;
-            denoise += loss.Denoise.Item() / accum;
-            proj += loss.Proj.Item() / accum;
-            vb += (loss.Vb?.Item() ?? 0) / accum;
+            if (ddpm != null) ddpm.SetTimes(input, microT);
+            else objective.SetTimes(input, microT);
+        }
+        optimizer.Prepare();
+        RunDeviceStep(tape);
+        Span<double> f = stackalloc double[4];
+        backend.Download(figures.Buffer, f);
+        if (!double.IsFinite(f[0]))
+            throw new InvalidOperationException($"the loss became {f[0]} at step {step}; lower --lr or check the data.");
+        double gradNorm = optimizer.LastGradNorm();
+        double seconds = sw.Elapsed.TotalSeconds;
+        return new StepMetrics(step, f[0], f[1], f[2], gradNorm, n / seconds, seconds) { Vb = f[3] };
+    }
+
+    /// <summary>Whether the last step launched a captured graph (false for eager steps and after --cuda-graph false).</summary>
+    public bool LastStepReplayed { get; private set; }
+
+    /// <summary>Why capturing the step failed (the steps then run eagerly), or null.</summary>
+    public string? CaptureFailure { get; private set; }
+
+    // Eager on the first step with this tape (the pool warms up and the shapes settle); captured on the next one when
+    // asked, then replayed. A graph belongs to the tape it was captured with: another tape starts over. A capture the
+    // device refuses leaves nothing done on it (the work was recorded, not run): the step, and every later one, then
+    // runs eagerly, which gives the same results.
+    private void RunDeviceStep(Tape tape)
+    {
+        if (graph != null && !ReferenceEquals(graphTape, tape))
+        {
+            graph.Dispose();
+            graph = null;
+            graphTape = null;
+        }
+        if (graph == null && options.CudaGraph && CaptureFailure == null && ReferenceEquals(warmTape, tape))
+        {
+            try
+            {
+                graph = Model.Backend.Capture(() => DeviceStep(tape));
+                graphTape = tape;
+            }
+            catch (Exception e) when (e is CudaException or InvalidOperationException)
+            {
+                CaptureFailure = e.Message;
+            }
+        }
+        if (graph != null)
+        {
+            graph.Launch();
+            LastStepReplayed = true;
+            return;
+        }
+        DeviceStep(tape);
+        warmTape = tape;
+        LastStepReplayed = false;
+    }
+
+    // The device part of a step: reads its inputs from `inputs` and the optimiser's scalars, writes `figures`.
+    private void DeviceStep(Tape tape)
+    {
+        var backend = Model.Backend;
+        int accum = options.GradientAccumulation;
+        optimizer.ZeroGrad();
+        backend.Fill(figures.Buffer, 0, 4, 0);
+        for (int k = 0; k < accum; k++)
+        {
+            tape.Reset(); // gradients of the parameters survive; the last micro-batch's activations go back to the pool
+            var loss = ddpm != null ? ddpm.Compute(Model, inputs[k]) : objective.Compute(Model, inputs[k]);
+            backend.AccumulateScalar(loss.Total.Buffer, figures.Buffer, 0, accum);
+            backend.AccumulateScalar(loss.Denoise.Buffer, figures.Buffer, 1, accum);
+            backend.AccumulateScalar(loss.Proj.Buffer, figures.Buffer, 2, accum);
+            if (loss.Vb != null) backend.AccumulateScalar(loss.Vb.Buffer, figures.Buffer, 3, accum);
             tape.Backward(accum == 1 ? loss.Total : Ops.Scale(loss.Total, 1.0 / accum));
         }
-        double gradNorm = optimizer.Step();
+        optimizer.Apply();
         ema.Update();
-        double seconds = sw.Elapsed.TotalSeconds;
-        return new StepMetrics(step, total, denoise, proj, gradNorm, n / seconds, seconds) { Vb = vb };
     }
 
     /// <summary>Trains for the configured steps, printing one line per step and writing metrics and the checkpoint.</summary>
@@ -266,7 +356,10 @@ public sealed class Trainer : IDisposable
         string checkpoint = Path.Combine(options.OutputFolder, CheckpointFile);
         for (int step = CompletedSteps + 1; step <= options.Steps; step++)
         {
+            bool failedBefore = CaptureFailure != null;
             var m = Step(step, tape);
+            if (!failedBefore && CaptureFailure != null)
+                log.WriteLine($"cuda graph: capturing the step failed ({CaptureFailure.TrimEnd('.')}); the steps run eagerly (same results, more launches).");
             history.Add(m);
             CompletedSteps = step;
             log.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -282,6 +375,8 @@ public sealed class Trainer : IDisposable
             if (options.CheckpointEvery > 0 && step % options.CheckpointEvery == 0 && step < options.Steps) SaveCheckpoint(checkpoint);
         }
         tape.Reset();
+        graph?.Dispose();
+        graph = null;
         SaveCheckpoint(checkpoint);
         metrics.Close();
         Plots.LinePlot.SaveLossCurves(Path.Combine(options.OutputFolder, "metrics.jsonl"), Path.Combine(options.OutputFolder, "loss.png"));
@@ -318,6 +413,9 @@ public sealed class Trainer : IDisposable
 
     public void Dispose()
     {
+        graph?.Dispose();
+        foreach (var input in inputs) input.Dispose();
+        figures.Dispose();
         optimizer.Dispose();
         ema.Dispose();
         Model.Dispose();

@@ -16,7 +16,7 @@ namespace Repa.Tests.Cuda;
 public class CudaTrainingTests
 {
     /// <summary>Deterministic REPA targets (no encoder needed): cos(index + 0.1 k) per image.</summary>
-    private sealed class FixedTargets(int tokens, int dim) : ITargetProvider
+    internal sealed class FixedTargets(int tokens, int dim) : ITargetProvider
     {
         public int Tokens => tokens;
         public int Dim => dim;

@@ -272,4 +272,52 @@ internal static class MemberCases
         eq.AssertClose(v, Tolerance.Bits, "AdamW second moments");
         eq.AssertClose(ema, Tolerance.Bits, "EMA");
     }
+
+    // ---- sampler ----
+
+    /// <summary>A float64 pair holding full-precision values (not float32 ones): Philox normals times <paramref name="scale"/>.</summary>
+    private static BufferPair State(BackendEquivalence eq, long n, double scale, int seed)
+    {
+        var pair = eq.Values(DType.F64, new float[n]);
+        var values = new double[n];
+        Philox.Normal((ulong)seed, 77, 0, values);
+        for (int i = 0; i < n; i++) values[i] *= scale;
+        eq.Reference.Upload<double>(values, pair.Reference);
+        eq.Candidate.Upload<double>(values, pair.Candidate);
+        return pair;
+    }
+
+    /// <summary>
+    /// Every sampler update against the CPU reference: Euler saving its direction, Heun in place, Euler-Maruyama (its
+    /// noise within <paramref name="noiseTolerance"/>: a device's log/sincos) and the deterministic last step; everything
+    /// but the noise bit for bit.
+    /// </summary>
+    public static void FlowStep(BackendEquivalence eq, long n, DType dtype, bool guided, ScoreDrift? drift, Tolerance noiseTolerance)
+    {
+        double? scale = guided ? 2.75 : null;
+        var x = State(eq, n, 1.3, 1);
+        var output = eq.Random(dtype, guided ? 2 * n : n, scale: 1.7);
+
+        // Euler saving its direction into a separate destination (Heun's first half), then Heun's correction in place.
+        var next = eq.Full(DType.F64, n, float.NaN);
+        var direction = eq.Full(DType.F64, n, float.NaN);
+        var euler = new FlowStepCoefficients(FlowUpdate.Euler, -0.0625) { GuidanceScale = scale, Drift = drift };
+        eq.Run((be, on) => be.FlowStep(euler, on(x), on(output), on(direction), on(next), n));
+        eq.AssertClose(next, Tolerance.Bits, "Euler step");
+        eq.AssertClose(direction, Tolerance.Bits, "the saved direction");
+        var corrected = eq.Random(dtype, guided ? 2 * n : n, scale: 1.1);
+        eq.Run((be, on) => be.FlowStep(euler with { Update = FlowUpdate.Heun }, on(x), on(corrected), on(direction), on(x), n));
+        eq.AssertClose(x, Tolerance.Bits, "Heun correction, in place");
+
+        // Euler-Maruyama, in place, from a noise offset in the middle of a Philox block.
+        var noise = new StepNoise(5, Repa.Runtime.Sampling.FlowSampler.NoiseStream(3), 4 * 1000 + 3, Math.Sqrt(2 * 0.62), Math.Sqrt(0.0625));
+        var sde = new FlowStepCoefficients(FlowUpdate.EulerMaruyama, -0.0625) { GuidanceScale = scale, Drift = drift, Noise = noise };
+        eq.Run((be, on) => be.FlowStep(sde, on(x), on(output), null, on(x), n));
+        eq.AssertClose(x, noiseTolerance, "Euler-Maruyama step");
+
+        // The SDE's last step and a plain ODE step: Euler in place, no direction saved, from the same state on both.
+        eq.Reference.Upload<double>(BackendEquivalence.Read(x.Candidate), x.Reference);
+        eq.Run((be, on) => be.FlowStep(euler with { Dt = -0.04 }, on(x), on(output), null, on(x), n));
+        eq.AssertClose(x, Tolerance.Bits, "Euler step in place");
+    }
 }

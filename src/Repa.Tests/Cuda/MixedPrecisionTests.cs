@@ -64,7 +64,7 @@ public class MixedPrecisionTests
         using var cuda = EmulatedCuda.Open();
         var (outFp32, projFp32, gradsFp32) = ForwardBackward(cuda, DType.F32);
         var (outBf16, projBf16, gradsBf16) = ForwardBackward(cuda, DType.BF16);
-        // bfloat16 keeps 8 significant bits (relative rounding 2^-9); a few roundings per layer compound to ~1%.
+        // bfloat16 keeps 8 significant bits (unit roundoff 2^-8); a few roundings per layer compound to ~1%.
         Assert.That(RelativeError(outBf16, outFp32), Is.LessThan(3e-2), "velocity output");
         Assert.That(RelativeError(projBf16, projFp32), Is.LessThan(3e-2), "projection");
         // Errors are relative to the gradient's norm, floored at 1e-3 of the largest one: some gradients are rounding

@@ -163,12 +163,12 @@ public sealed class NvrtcTests
         Assert.That(kernel.Cubin![..4], Is.EqualTo(new byte[] { 0x7f, (byte)'E', (byte)'L', (byte)'F' }), "a cubin is an ELF image");
     }
 
-    private static string RepositoryRoot()
+    internal static string RepositoryRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "Repa.sln")) && Directory.Exists(Path.Combine(dir.FullName, "kernels")))
                 return dir.FullName;
-        Assert.Fail($"No Repa.sln with a kernels/ folder above {AppContext.BaseDirectory}: the ptxas table check needs the source tree.");
+        Assert.Fail($"No Repa.sln with a kernels/ folder above {AppContext.BaseDirectory}: the checked-in tables (ptxas, step estimate) need the source tree.");
         return "";
     }
 }

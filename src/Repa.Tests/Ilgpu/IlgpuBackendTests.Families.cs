@@ -135,4 +135,63 @@ public sealed partial class IlgpuBackendTests
         Assert.That(e.Message, Does.Contain("step is 1-based"));
         Assert.Throws<ArgumentOutOfRangeException>(() => ilgpu.EmaUpdate(f, f, 5, 0.9), "n beyond the buffers");
     }
+
+    // ---- sampler ----
+
+    public static IEnumerable<TestCaseData> FlowStepCases()
+    {
+        var drifts = new (string Name, ScoreDrift? Drift)[]
+        {
+            ("velocity", null),
+            ("linear drift", Repa.Runtime.Sampling.FlowSampler.Drift("linear", 0.62)),
+            ("cosine drift", Repa.Runtime.Sampling.FlowSampler.Drift("cosine", 0.37)),
+        };
+        foreach (long n in new long[] { 1, 7, 1001 })
+            foreach (var dtype in new[] { DType.F32, DType.F64 })
+                foreach (var guided in new[] { false, true })
+                    foreach (var (name, drift) in drifts)
+                        yield return new TestCaseData(n, dtype, guided, drift).SetArgDisplayNames($"n={n}", dtype.Name(), guided ? "guided" : "unguided", name);
+    }
+
+    /// <summary>The noise is drawn on the host by Philox.Normal itself: bit for bit, like everything else.</summary>
+    [TestCaseSource(nameof(FlowStepCases))]
+    public void FlowStepMatchesTheCpu(long n, DType dtype, bool guided, ScoreDrift? drift) =>
+        MemberCases.FlowStep(eq, n, dtype, guided, drift, Tolerance.Bits);
+
+    /// <summary>The device-scalar optimiser members of a captured step, and Capture (which reruns its body here).</summary>
+    [Test]
+    public void DeviceScalarOptimiserMembersAndCaptureMatchTheCpu()
+    {
+        const int n = 1003;
+        var param = eq.Random(DType.F32, n);
+        var grad = eq.Random(DType.F32, n, scale: 5);
+        var m = eq.Random(DType.F32, n, scale: 0.1);
+        var v = eq.Random(DType.F32, n, scale: 0.01);
+        eq.Run((be, on) => be.Binary(BinaryOp.Mul, on(v), [1], on(v), [1], on(v), [n])); // v >= 0
+        var total = eq.Values(DType.F64, 0.5f);
+        var loss = eq.Values(DType.F32, 1.25f);
+        var figures = eq.Values(DType.F64, 0, 0, 0, 0);
+        var scalars = eq.Values(DType.F64, 0, 0, 0, 0);
+        // {sum of squares (written below), -lr / (1 - beta1), sqrt(1 - beta2), 1 - lr wd}: step 1 at lr 3e-4, wd 0.01.
+        double[] stepScalars = [0, -3e-4 / (1 - 0.9), Math.Sqrt(1 - 0.999), 1 - 3e-4 * 0.01];
+        foreach (var (backend, buffer) in new[] { (eq.Reference, scalars.Reference), (eq.Candidate, scalars.Candidate) })
+            backend.Upload<double>(stepScalars, buffer);
+        eq.Run((be, on) =>
+        {
+            using var graph = be.Capture(() =>
+            {
+                be.SumOfSquares(on(grad), n, on(total), accumulate: true);
+                be.SumOfSquares(on(grad), n, on(scalars), accumulate: false);
+                be.AdamWStep(on(param), on(grad), on(m), on(v), n, 0.9, 0.999, 1e-8, 1.0, on(scalars));
+                be.AccumulateScalar(on(loss), on(figures), 2, 4);
+            });
+            graph.Launch();
+            graph.Launch();
+        });
+        eq.AssertClose(total, Tolerance.Close(1e-12), "squared norm accumulated twice onto 0.5");
+        eq.AssertClose(figures, Tolerance.Bits, "the loss figure added twice");
+        eq.AssertClose(param, Tolerance.Bits, "AdamW from device scalars (clipped), two steps");
+        eq.AssertClose(m, Tolerance.Bits, "first moments");
+        eq.AssertClose(v, Tolerance.Bits, "second moments");
+    }
 }

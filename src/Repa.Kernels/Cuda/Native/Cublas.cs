@@ -51,6 +51,10 @@ internal static unsafe partial class Cublas
     [LibraryImport(Lib)] public static partial CublasStatus cublasSetStream_v2(nint handle, nint stream);
     [LibraryImport(Lib)] public static partial CublasStatus cublasSetMathMode(nint handle, int mode);
 
+    /// <summary>A user workspace: with one set, cuBLAS allocates nothing during a call, which makes it capturable into
+    /// a CUDA graph.</summary>
+    [LibraryImport(Lib)] public static partial CublasStatus cublasSetWorkspace_v2(nint handle, ulong workspace, nuint bytes);
+
     [LibraryImport(Lib)]
     public static partial CublasStatus cublasSgemm_v2(nint handle, int transA, int transB, int m, int n, int k,
         float* alpha, ulong a, int lda, ulong b, int ldb, float* beta, ulong c, int ldc);

@@ -90,6 +90,13 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Lib)] public static partial CudaResult cuMemsetD8_v2(ulong destination, byte value, nuint count);
     [LibraryImport(Lib)] public static partial CudaResult cuMemsetD32_v2(ulong destination, uint value, nuint count);
 
+    // Stream-ordered forms (the backend's own stream; capturable, unlike the synchronous calls on the legacy stream).
+    [LibraryImport(Lib)] public static partial CudaResult cuMemcpyHtoDAsync_v2(ulong destination, void* source, nuint bytes, nint stream);
+    [LibraryImport(Lib)] public static partial CudaResult cuMemcpyDtoHAsync_v2(void* destination, ulong source, nuint bytes, nint stream);
+    [LibraryImport(Lib)] public static partial CudaResult cuMemcpyDtoDAsync_v2(ulong destination, ulong source, nuint bytes, nint stream);
+    [LibraryImport(Lib)] public static partial CudaResult cuMemsetD8Async(ulong destination, byte value, nuint count, nint stream);
+    [LibraryImport(Lib)] public static partial CudaResult cuMemsetD32Async(ulong destination, uint value, nuint count, nint stream);
+
     [LibraryImport(Lib)] public static partial CudaResult cuStreamCreate(nint* stream, uint flags);
     [LibraryImport(Lib)] public static partial CudaResult cuStreamDestroy_v2(nint stream);
     [LibraryImport(Lib)] public static partial CudaResult cuStreamSynchronize(nint stream);
@@ -116,6 +123,9 @@ internal static unsafe partial class CudaDriver
     // CUDA graphs: capture a stream's launches once, replay them with one launch.
     [LibraryImport(Lib)] public static partial CudaResult cuStreamBeginCapture_v2(nint stream, int mode);
     [LibraryImport(Lib)] public static partial CudaResult cuStreamEndCapture(nint stream, nint* graph);
+
+    /// <summary>status: 0 not capturing, 1 capturing, 2 capturing but invalidated (CUstreamCaptureStatus).</summary>
+    [LibraryImport(Lib)] public static partial CudaResult cuStreamIsCapturing(nint stream, int* status);
     [LibraryImport(Lib)] public static partial CudaResult cuGraphInstantiateWithFlags(nint* graphExec, nint graph, ulong flags);
     [LibraryImport(Lib)] public static partial CudaResult cuGraphLaunch(nint graphExec, nint stream);
     [LibraryImport(Lib)] public static partial CudaResult cuGraphExecDestroy(nint graphExec);
