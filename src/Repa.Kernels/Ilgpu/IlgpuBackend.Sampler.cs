@@ -4,7 +4,7 @@ using ILGPU.Runtime;
 namespace Repa.Kernels.Ilgpu;
 
 /// <summary>
-/// The sampler step (IBackend.Sampler.cs) as one grid-stride kernel per model-output dtype, in the interface's order of
+/// The sampler step (IBackend.Sampler.cs) as one grid-stride kernel on float64 model outputs, in the interface's order of
 /// float64 operations (the CPU backend's reference, statement for statement). The Euler-Maruyama noise is drawn on the
 /// host with <see cref="Philox.Normal(ulong, ulong, ulong, Span{double}, int)"/> and uploaded for the step: Philox's
 /// 64-bit products and the float64 Box-Muller would run in the kernel, but a host draw is bit for bit the reference's
@@ -30,13 +30,24 @@ public sealed partial class IlgpuBackend
         var xs = D(x);
         var ds = direction != null ? D(direction) : xs; // unread without a direction (HasDirection 0)
         var ys = D(destination);
+        long outputs = step.GuidanceScale.HasValue ? 2 * n : n;
+        // One kernel on float64 outputs: a float32 output is widened first (exactly, as the reference widens it).
+        using var widened = Scratch<double>(modelOutput.DType == DType.F32 ? outputs : 1);
+        ArrayView<double> output;
         switch (modelOutput.DType)
         {
-            case DType.F32: Run(Stride(n), IlgpuKernels.FlowStepFloat, xs, F(modelOutput), ds, ys, eps.View.AsContiguous(), args); break;
-            case DType.F64: Run(Stride(n), IlgpuKernels.FlowStepDouble, xs, D(modelOutput), ds, ys, eps.View.AsContiguous(), args); break;
-            default: throw new ArgumentException($"flow step: the model output {modelOutput} must be float32 or float64 on ilgpu.");
+            case DType.F32:
+                Run(Stride(outputs), IlgpuKernels.FloatToDouble, F(modelOutput).SubView(0, outputs), widened.View.AsContiguous());
+                output = widened.View.AsContiguous();
+                break;
+            case DType.F64:
+                output = D(modelOutput);
+                break;
+            default:
+                throw new ArgumentException($"flow step: the model output {modelOutput} must be float32 or float64 on ilgpu.");
         }
-        accelerator.Synchronize(); // the noise scratch is freed on return
+        Run(Stride(n), IlgpuKernels.FlowStep, xs, output, ds, ys, eps.View.AsContiguous(), args);
+        accelerator.Synchronize(); // the scratch buffers are freed on return
     }
 
     /// <summary>The float64 view of a buffer of this backend.</summary>
@@ -54,26 +65,11 @@ internal readonly record struct FlowStepArgs(long Count, int Update, double Dt, 
 
 internal static partial class IlgpuKernels
 {
-    public static void FlowStepFloat(ArrayView<double> x, ArrayView<float> output, ArrayView<double> direction, ArrayView<double> y,
+    public static void FlowStep(ArrayView<double> x, ArrayView<double> output, ArrayView<double> direction, ArrayView<double> y,
         ArrayView<double> eps, FlowStepArgs k)
     {
         for (long i = First; i < k.Count; i += Step)
-        {
-            double c = output[i];
-            double u = k.Guided != 0 ? output[k.Count + i] : 0;
-            FlowStepElement(x, direction, y, eps, k, i, c, u);
-        }
-    }
-
-    public static void FlowStepDouble(ArrayView<double> x, ArrayView<double> output, ArrayView<double> direction, ArrayView<double> y,
-        ArrayView<double> eps, FlowStepArgs k)
-    {
-        for (long i = First; i < k.Count; i += Step)
-        {
-            double c = output[i];
-            double u = k.Guided != 0 ? output[k.Count + i] : 0;
-            FlowStepElement(x, direction, y, eps, k, i, c, u);
-        }
+            FlowStepElement(x, direction, y, eps, k, i, output[i], k.Guided != 0 ? output[k.Count + i] : 0);
     }
 
     /// <summary>One element in the interface's order (CpuBackend.FlowStepElement).</summary>
