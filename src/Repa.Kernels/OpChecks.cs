@@ -1,8 +1,8 @@
 namespace Repa.Kernels;
 
 /// <summary>
-/// The argument checks the CPU and ILGPU backends share (one copy of each rule and its sentence). A backend calls them
-/// before touching memory, so a bad call fails with one clear sentence instead of reading or writing out of bounds.
+/// The argument checks every backend shares (one copy of each rule and its sentence). A backend calls them before
+/// touching memory, so a bad call fails with one clear sentence instead of reading or writing out of bounds.
 /// </summary>
 public static class OpChecks
 {
@@ -12,6 +12,12 @@ public static class OpChecks
     {
         if (elementSize != buffer.DType.SizeInBytes())
             throw new ArgumentException($"element size {elementSize} does not match {buffer}.");
+        Range(buffer, offset, count);
+    }
+
+    /// <summary>Elements [offset, offset + count) lie inside <paramref name="buffer"/>.</summary>
+    public static void Range(DeviceBuffer buffer, long offset, long count)
+    {
         if (offset < 0 || count < 0 || offset + count > buffer.Length)
             throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + count}) is outside {buffer}.");
     }
@@ -60,22 +66,26 @@ public static class OpChecks
             throw new ArgumentOutOfRangeException(nameof(rowsPerGroup), $"{backend} {op}: rowsPerGroup {rowsPerGroup} must be >= 1 and divide rows {rows}.");
     }
 
-    /// <summary>Attention sizes are non-negative and every buffer shares qkv's dtype and holds its elements.</summary>
+    /// <summary>
+    /// Attention sizes are non-negative and every buffer shares qkv's dtype and holds its elements; with
+    /// <paramref name="float32Statistics"/> (mixed precision) the log-sum-exp may be float32 beside 16-bit qkv.
+    /// </summary>
     public static void Attention(string op, DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp,
-        DeviceBuffer? dOutput, DeviceBuffer? dQkv, int batch, int tokens, int heads, int headDim)
+        DeviceBuffer? dOutput, DeviceBuffer? dQkv, int batch, int tokens, int heads, int headDim, bool float32Statistics = false)
     {
         if (batch < 0 || tokens < 0 || heads < 0 || headDim < 0)
             throw new ArgumentOutOfRangeException(nameof(batch), $"{op}: sizes must be >= 0 (batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}).");
         long rows = (long)batch * tokens, d = (long)heads * headDim;
         Need(qkv, rows * 3 * d, "qkv");
         Need(output, rows * d, "output");
-        Need(logSumExp, (long)batch * heads * tokens, "logSumExp");
+        Need(logSumExp, (long)batch * heads * tokens, "logSumExp", float32Statistics);
         if (dOutput != null) Need(dOutput, rows * d, "dOutput");
         if (dQkv != null) Need(dQkv, rows * 3 * d, "dQkv");
 
-        void Need(DeviceBuffer b, long length, string name)
+        void Need(DeviceBuffer b, long length, string name, bool mayBeFloat32 = false)
         {
-            if (b.DType != qkv.DType) throw new ArgumentException($"{op}: {name} {b} is not {qkv.DType.Name()} like qkv.");
+            if (b.DType != qkv.DType && !(mayBeFloat32 && b.DType == DType.F32))
+                throw new ArgumentException($"{op}: {name} {b} is not {qkv.DType.Name()} like qkv{(mayBeFloat32 ? " (or float32)" : "")}.");
             if (b.Length < length)
                 throw new ArgumentException($"{op}: {name} {b} holds fewer than the {length} elements of batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}.");
         }

@@ -52,24 +52,21 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     public void Upload<T>(ReadOnlySpan<T> source, DeviceBuffer destination, long offset = 0) where T : unmanaged
     {
-        CheckRange(destination, offset, source.Length, sizeof(T));
+        OpChecks.Range(destination, offset, source.Length, sizeof(T));
         source.CopyTo(new Span<T>((byte*)Host(destination).Pointer + offset * sizeof(T), source.Length));
     }
 
     public void Download<T>(DeviceBuffer source, Span<T> destination, long offset = 0) where T : unmanaged
     {
-        CheckRange(source, offset, destination.Length, sizeof(T));
+        OpChecks.Range(source, offset, destination.Length, sizeof(T));
         new ReadOnlySpan<T>((byte*)Host(source).Pointer + offset * sizeof(T), destination.Length).CopyTo(destination);
     }
-
-    private static void CheckRange(DeviceBuffer buffer, long offset, long count, int elementSize) =>
-        OpChecks.Range(buffer, offset, count, elementSize);
 
     public void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count)
     {
         if (source.DType != destination.DType) throw new ArgumentException($"copy from {source} to {destination}: dtypes differ.");
-        CheckRange(source, sourceOffset, count, source.DType.SizeInBytes());
-        CheckRange(destination, destinationOffset, count, destination.DType.SizeInBytes());
+        OpChecks.Range(source, sourceOffset, count);
+        OpChecks.Range(destination, destinationOffset, count);
         int size = source.DType.SizeInBytes();
         Buffer.MemoryCopy((byte*)Host(source).Pointer + sourceOffset * size, (byte*)Host(destination).Pointer + destinationOffset * size,
             (destination.Length - destinationOffset) * size, count * size);
@@ -77,7 +74,7 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     public void Fill(DeviceBuffer destination, long offset, long count, double value)
     {
-        CheckRange(destination, offset, count, destination.DType.SizeInBytes());
+        OpChecks.Range(destination, offset, count);
         var host = Host(destination);
         switch (destination.DType)
         {
@@ -90,8 +87,8 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     public void Convert(DeviceBuffer source, DeviceBuffer destination, long count)
     {
-        CheckRange(source, 0, count, source.DType.SizeInBytes());
-        CheckRange(destination, 0, count, destination.DType.SizeInBytes());
+        OpChecks.Range(source, 0, count);
+        OpChecks.Range(destination, 0, count);
         var s = Host(source);
         var d = Host(destination);
         int n = checked((int)count);

@@ -83,32 +83,17 @@ public sealed unsafe partial class CudaBackend
         return new((uint)((tokens + rows - 1) / rows), (uint)Math.Min((long)batch * heads, 65535), AttentionThreads, 1);
     }
 
-    /// <summary>Checks sizes and dtypes as the CPU backend does; returns the kernel suffix (f32, bf16, bf16_f32).</summary>
+    /// <summary>The shared checks (<see cref="OpChecks.Attention"/>, a float32 log-sum-exp allowed beside bf16 qkv) plus
+    /// the kernels' head_dim limit; returns the kernel suffix (f32, bf16, bf16_f32).</summary>
     private static string CheckAttention(string op, DeviceBuffer qkv, DeviceBuffer output, DeviceBuffer logSumExp,
         DeviceBuffer? dOutput, DeviceBuffer? dQkv, int batch, int tokens, int heads, int headDim)
     {
-        if (batch < 0 || tokens < 0 || heads < 0 || headDim < 0)
-            throw new ArgumentOutOfRangeException(nameof(batch), $"{op}: sizes must be >= 0 (batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}).");
+        OpChecks.Attention(op, qkv, output, logSumExp, dOutput, dQkv, batch, tokens, heads, headDim, float32Statistics: true);
         if (headDim > AttentionMaxHeadDim)
             throw new NotSupportedException($"cuda {op}: head_dim {headDim} is above the kernels' {AttentionMaxHeadDim}.");
         string suffix = dOutput != null && dQkv != null
             ? ComputeSuffix(op, qkv, output, dOutput, dQkv)
             : ComputeSuffix(op, qkv, output);
-        if (logSumExp.DType != qkv.DType && logSumExp.DType != DType.F32)
-            throw new ArgumentException($"cuda {op}: logSumExp {logSumExp} must be float32 or {qkv.DType.Name()} like qkv.");
-        if (logSumExp.DType != qkv.DType) suffix += "_f32";
-        long rows = (long)batch * tokens, width = (long)heads * headDim;
-        Need(qkv, rows * 3 * width, "qkv");
-        Need(output, rows * width, "output");
-        Need(logSumExp, (long)batch * heads * tokens, "logSumExp");
-        if (dOutput != null) Need(dOutput, rows * width, "dOutput");
-        if (dQkv != null) Need(dQkv, rows * 3 * width, "dQkv");
-        return suffix;
-
-        void Need(DeviceBuffer buffer, long length, string name)
-        {
-            if (buffer.Length < length)
-                throw new ArgumentException($"{op}: {name} {buffer} holds fewer than the {length} elements of batch {batch}, tokens {tokens}, heads {heads}, head_dim {headDim}.");
-        }
+        return logSumExp.DType != qkv.DType ? suffix + "_f32" : suffix;
     }
 }

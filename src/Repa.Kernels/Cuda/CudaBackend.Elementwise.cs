@@ -13,8 +13,8 @@ public sealed unsafe partial class CudaBackend
     public void ActivationForward(Activation activation, DeviceBuffer x, DeviceBuffer y, long n)
     {
         string suffix = ComputeSuffix("activation", x, y);
-        CheckRange(x, 0, n);
-        CheckRange(y, 0, n);
+        OpChecks.Range(x, 0, n);
+        OpChecks.Range(y, 0, n);
         if (n == 0) return;
         Enter();
         Launch(Function(ElementwiseKernels, $"{ActivationName(activation)}_forward_{suffix}"), Grid(n), Address(x), Address(y), n);
@@ -23,9 +23,9 @@ public sealed unsafe partial class CudaBackend
     public void ActivationBackward(Activation activation, DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dx, long n)
     {
         string suffix = ComputeSuffix("activation backward", x, dy, dx);
-        CheckRange(x, 0, n);
-        CheckRange(dy, 0, n);
-        CheckRange(dx, 0, n);
+        OpChecks.Range(x, 0, n);
+        OpChecks.Range(dy, 0, n);
+        OpChecks.Range(dx, 0, n);
         if (n == 0) return;
         Enter();
         Launch(Function(ElementwiseKernels, $"{ActivationName(activation)}_backward_{suffix}"), Grid(n),
@@ -85,7 +85,7 @@ public sealed unsafe partial class CudaBackend
             if (s < 0) throw new ArgumentException($"binary: shape [{string.Join(", ", shape.ToArray())}] has a negative size.");
             n *= s;
         }
-        CheckRange(y, 0, n);
+        OpChecks.Range(y, 0, n);
         if (n == 0) return;
         CheckStrided("a", a, sizes, sa);
         CheckStrided("b", b, sizes, sb);
@@ -150,8 +150,8 @@ public sealed unsafe partial class CudaBackend
     public void Axpby(DeviceBuffer x, DeviceBuffer y, long n, double alpha, double beta)
     {
         string name = MixedName("axpby", x, y);
-        CheckRange(x, 0, n);
-        CheckRange(y, 0, n);
+        OpChecks.Range(x, 0, n);
+        OpChecks.Range(y, 0, n);
         if (n == 0) return;
         Enter();
         Launch(Function(ElementwiseKernels, name), Grid(n), Address(x), Address(y), n, (float)alpha, (float)beta);
@@ -173,8 +173,8 @@ public sealed unsafe partial class CudaBackend
     {
         if (outer < 0 || reduce < 0 || inner < 0)
             throw new ArgumentOutOfRangeException(nameof(outer), $"sum: outer {outer}, reduce {reduce} and inner {inner} must be >= 0.");
-        CheckRange(x, 0, (long)outer * reduce * inner);
-        CheckRange(y, 0, (long)outer * inner);
+        OpChecks.Range(x, 0, (long)outer * reduce * inner);
+        OpChecks.Range(y, 0, (long)outer * inner);
         if (outer == 0 || inner == 0) return;
         Enter();
         if (inner == 1)
@@ -214,8 +214,8 @@ public sealed unsafe partial class CudaBackend
             if (s < 0) throw new ArgumentException($"permute: shape [{string.Join(", ", shape.ToArray())}] has a negative size.");
             n *= s;
         }
-        CheckRange(x, 0, n);
-        CheckRange(y, 0, n);
+        OpChecks.Range(x, 0, n);
+        OpChecks.Range(y, 0, n);
         if (n == 0) return;
         var function = Function(MemoryKernels, beta == 0 ? $"permute_b{8 * x.DType.SizeInBytes()}" : $"permute_scaled_{ComputeSuffix("permute with beta", x, y)}");
         Enter();

@@ -15,8 +15,8 @@ public sealed unsafe partial class CudaBackend
         string suffix = ComputeSuffix("embedding", y);
         EmbedCheckSizes("embedding", count, vocab, dim);
         RequireF32("embedding", table, (long)vocab * dim);
-        CheckRange(ids, 0, count);
-        CheckRange(y, 0, count * dim);
+        OpChecks.Range(ids, 0, count);
+        OpChecks.Range(y, 0, count * dim);
         if (count == 0 || dim == 0) return;
         Enter();
         // The kernel lowers firstBad to the first position of an id outside [0, vocab) (and writes zeros there instead
@@ -55,8 +55,8 @@ public sealed unsafe partial class CudaBackend
         string suffix = ComputeSuffix("embedding backward", dy);
         EmbedCheckSizes("embedding backward", count, vocab, dim);
         RequireF32("embedding backward", dTable, (long)vocab * dim);
-        CheckRange(ids, 0, count);
-        CheckRange(dy, 0, count * dim);
+        OpChecks.Range(ids, 0, count);
+        OpChecks.Range(dy, 0, count * dim);
         if (count == 0 || dim == 0) return;
         Enter();
         // grid.y: slices of blockDim.x columns; grid.x strides over the positions (each table row is owned by the block
@@ -71,7 +71,7 @@ public sealed unsafe partial class CudaBackend
         string suffix = ComputeSuffix("timestep_embedding", y);
         EmbedCheckSizes("timestep_embedding", count, 0, dim);
         RequireF32("timestep_embedding", t, count);
-        CheckRange(y, 0, count * dim);
+        OpChecks.Range(y, 0, count * dim);
         if (count == 0 || dim == 0) return;
         Enter();
         // One block per row, threads over the dim / 2 frequencies.
@@ -85,7 +85,7 @@ public sealed unsafe partial class CudaBackend
         EmbedCheckSizes("timestep_embedding backward", count, 0, dim);
         RequireF32("timestep_embedding backward", t, count);
         RequireF32("timestep_embedding backward", dt, count);
-        CheckRange(dy, 0, count * dim);
+        OpChecks.Range(dy, 0, count * dim);
         if (count == 0 || dim < 2) return;
         Enter();
         Launch(Function(EmbedKernels, $"timestep_embedding_backward_{suffix}"), WarpPerRow(count), Address(t), Address(dy), Address(dt), count, dim, maxPeriod);

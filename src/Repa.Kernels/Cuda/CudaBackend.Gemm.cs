@@ -114,11 +114,11 @@ public sealed unsafe partial class CudaBackend
             };
             // Row-major y[rows, out] = x W^T is column-major D[out, rows] = op(A) B with A = W viewed [in, out] (op T)
             // and B = x viewed [in, rows]; the bias runs along D's rows (output features).
-            CheckRange(x, 0, (long)rows * inFeatures);
-            CheckRange(weight, 0, (long)outFeatures * inFeatures);
-            CheckRange(y, 0, (long)rows * outFeatures);
-            if (bias != null) CheckRange(bias, 0, outFeatures);
-            if (preActivation != null) CheckRange(preActivation, 0, (long)rows * outFeatures);
+            OpChecks.Range(x, 0, (long)rows * inFeatures);
+            OpChecks.Range(weight, 0, (long)outFeatures * inFeatures);
+            OpChecks.Range(y, 0, (long)rows * outFeatures);
+            if (bias != null) OpChecks.Range(bias, 0, outFeatures);
+            if (preActivation != null) OpChecks.Range(preActivation, 0, (long)rows * outFeatures);
             if (TryLtMatmul(new LtKey(outFeatures, rows, inFeatures, true, false, epilogue, x.DType, y.DType),
                     weight, inFeatures, x, inFeatures, y, beta: 0, bias, activation != null ? preActivation : null))
             {
@@ -138,10 +138,10 @@ public sealed unsafe partial class CudaBackend
             // Row-major dW[out, in] += dy^T x is column-major D[in, out] = A op(B) with A = x viewed [in, rows] and
             // B = dy viewed [out, rows] (op T); BGRADB sums op(B)'s columns over k = rows: the bias gradient, which
             // cuBLASLt writes (not accumulates), so it lands in a scratch vector first.
-            CheckRange(dy, 0, (long)rows * outFeatures);
-            CheckRange(x, 0, (long)rows * inFeatures);
-            CheckRange(dweight, 0, (long)outFeatures * inFeatures);
-            CheckRange(dbias, 0, outFeatures);
+            OpChecks.Range(dy, 0, (long)rows * outFeatures);
+            OpChecks.Range(x, 0, (long)rows * inFeatures);
+            OpChecks.Range(dweight, 0, (long)outFeatures * inFeatures);
+            OpChecks.Range(dbias, 0, outFeatures);
             var scratch = Pool.Rent(dbias.DType, outFeatures);
             try
             {

@@ -17,8 +17,8 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("mse", prediction, target);
         LossCheckSizes("mse", samples, inner);
-        CheckRange(prediction, 0, samples * inner);
-        CheckRange(target, 0, samples * inner);
+        OpChecks.Range(prediction, 0, samples * inner);
+        OpChecks.Range(target, 0, samples * inner);
         RequireF32("mse", loss, samples);
         if (samples == 0) return;
         Enter();
@@ -32,7 +32,7 @@ public sealed unsafe partial class CudaBackend
         if (dPrediction == null && dTarget == null) return;
         string suffix = ComputeSuffix("mse backward", Present(prediction, target, dPrediction, dTarget));
         LossCheckSizes("mse backward", samples, inner);
-        foreach (var b in Present(prediction, target, dPrediction, dTarget)) CheckRange(b, 0, samples * inner);
+        foreach (var b in Present(prediction, target, dPrediction, dTarget)) OpChecks.Range(b, 0, samples * inner);
         RequireF32("mse backward", dLoss, samples);
         if (samples == 0 || inner == 0) return;
         Enter();
@@ -44,8 +44,8 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("cosine_alignment", z, h);
         long n = CosineCheckSizes("cosine_alignment", samples, tokens, dim);
-        CheckRange(z, 0, n);
-        CheckRange(h, 0, n);
+        OpChecks.Range(z, 0, n);
+        OpChecks.Range(h, 0, n);
         RequireF32("cosine_alignment", loss, samples);
         if (samples == 0) return;
         Enter();
@@ -59,7 +59,7 @@ public sealed unsafe partial class CudaBackend
         if (dz == null && dh == null) return;
         string suffix = ComputeSuffix("cosine_alignment backward", Present(z, h, dz, dh));
         long n = CosineCheckSizes("cosine_alignment backward", samples, tokens, dim);
-        foreach (var b in Present(z, h, dz, dh)) CheckRange(b, 0, n);
+        foreach (var b in Present(z, h, dz, dh)) OpChecks.Range(b, 0, n);
         RequireF32("cosine_alignment backward", dLoss, samples);
         if (samples == 0 || tokens == 0) return;
         Enter();
@@ -71,8 +71,8 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("row_l2_normalize", x, y);
         LossCheckSizes("row_l2_normalize", rows, dim);
-        CheckRange(x, 0, rows * dim);
-        CheckRange(y, 0, rows * dim);
+        OpChecks.Range(x, 0, rows * dim);
+        OpChecks.Range(y, 0, rows * dim);
         if (rows == 0 || dim == 0) return;
         Enter();
         Launch(Function(LossKernels, $"row_l2_normalize_forward_{suffix}"), WarpPerRow(rows), Address(x), Address(y), rows, dim, (float)eps);
@@ -82,7 +82,7 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("row_l2_normalize backward", x, dy, dx);
         LossCheckSizes("row_l2_normalize backward", rows, dim);
-        foreach (var b in new[] { x, dy, dx }) CheckRange(b, 0, rows * dim);
+        foreach (var b in new[] { x, dy, dx }) OpChecks.Range(b, 0, rows * dim);
         if (rows == 0 || dim == 0) return;
         Enter();
         Launch(Function(LossKernels, $"row_l2_normalize_backward_{suffix}"), WarpPerRow(rows),
@@ -93,7 +93,7 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("diagonal_cross_entropy", logits);
         LossCheckSizes("diagonal_cross_entropy", samples, n);
-        CheckRange(logits, 0, (long)samples * n * n);
+        OpChecks.Range(logits, 0, (long)samples * n * n);
         RequireF32("diagonal_cross_entropy", lse, (long)samples * n);
         RequireF32("diagonal_cross_entropy", loss, samples);
         if (samples == 0) return;
@@ -106,8 +106,8 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("diagonal_cross_entropy backward", logits, dLogits);
         LossCheckSizes("diagonal_cross_entropy backward", samples, n);
-        CheckRange(logits, 0, (long)samples * n * n);
-        CheckRange(dLogits, 0, (long)samples * n * n);
+        OpChecks.Range(logits, 0, (long)samples * n * n);
+        OpChecks.Range(dLogits, 0, (long)samples * n * n);
         RequireF32("diagonal_cross_entropy backward", lse, (long)samples * n);
         RequireF32("diagonal_cross_entropy backward", dLoss, samples);
         if (samples == 0 || n == 0) return;
@@ -124,7 +124,7 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("diffusion_vlb", varValues, mean, trueMean, x0);
         LossCheckSizes("diffusion_vlb", samples, inner);
-        foreach (var b in new[] { varValues, mean, trueMean, x0 }) CheckRange(b, 0, samples * inner);
+        foreach (var b in new[] { varValues, mean, trueMean, x0 }) OpChecks.Range(b, 0, samples * inner);
         RequireF32("diffusion_vlb", stepParams, 4L * samples);
         RequireF32("diffusion_vlb", loss, samples);
         if (samples == 0) return;
@@ -138,7 +138,7 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = ComputeSuffix("diffusion_vlb backward", varValues, mean, trueMean, x0, dVarValues);
         LossCheckSizes("diffusion_vlb backward", samples, inner);
-        foreach (var b in new[] { varValues, mean, trueMean, x0, dVarValues }) CheckRange(b, 0, samples * inner);
+        foreach (var b in new[] { varValues, mean, trueMean, x0, dVarValues }) OpChecks.Range(b, 0, samples * inner);
         RequireF32("diffusion_vlb backward", stepParams, 4L * samples);
         RequireF32("diffusion_vlb backward", dLoss, samples);
         if (samples == 0 || inner == 0) return;

@@ -16,17 +16,17 @@ public sealed unsafe partial class CudaBackend
         DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd, int rows, int dim, int rowsPerGroup, double eps)
     {
         bool grouped = shift != null || scale != null;
-        NormCheckSizes("layer_norm", rows, dim, rowsPerGroup, grouped);
+        OpChecks.NormSizes("cuda", "layer_norm", rows, dim, rowsPerGroup, grouped);
         string suffix = ComputeSuffix("layer_norm", Present(x, shift, scale, y));
         long n = (long)rows * dim, groupElements = grouped ? (long)(rows / rowsPerGroup) * dim : 0;
-        CheckRange(x, 0, n);
-        CheckRange(y, 0, n);
+        OpChecks.Range(x, 0, n);
+        OpChecks.Range(y, 0, n);
         RequireF32("layer_norm", mean, rows);
         RequireF32("layer_norm", rstd, rows);
         RequireF32OrNull("layer_norm", weight, dim);
         RequireF32OrNull("layer_norm", bias, dim);
-        if (shift != null) CheckRange(shift, 0, groupElements);
-        if (scale != null) CheckRange(scale, 0, groupElements);
+        if (shift != null) OpChecks.Range(shift, 0, groupElements);
+        if (scale != null) OpChecks.Range(scale, 0, groupElements);
         if (rows == 0) return;
         Enter();
         Launch(Function(NormKernels, $"layer_norm_forward_{suffix}"), WarpPerRow(rows),
@@ -40,12 +40,12 @@ public sealed unsafe partial class CudaBackend
         int rows, int dim, int rowsPerGroup)
     {
         bool grouped = scale != null || dshift != null || dscale != null;
-        NormCheckSizes("layer_norm backward", rows, dim, rowsPerGroup, grouped);
+        OpChecks.NormSizes("cuda", "layer_norm backward", rows, dim, rowsPerGroup, grouped);
         string suffix = ComputeSuffix("layer_norm backward", Present(x, scale, dy, dx, dshift, dscale));
         long n = (long)rows * dim, groupElements = grouped ? (long)(rows / rowsPerGroup) * dim : 0;
-        CheckRange(x, 0, n);
-        CheckRange(dy, 0, n);
-        if (dx != null) CheckRange(dx, 0, n);
+        OpChecks.Range(x, 0, n);
+        OpChecks.Range(dy, 0, n);
+        if (dx != null) OpChecks.Range(dx, 0, n);
         RequireF32("layer_norm backward", mean, rows);
         RequireF32("layer_norm backward", rstd, rows);
         RequireF32OrNull("layer_norm backward", weight, dim);
@@ -53,7 +53,7 @@ public sealed unsafe partial class CudaBackend
         RequireF32OrNull("layer_norm backward", dweight, dim);
         RequireF32OrNull("layer_norm backward", dbias, dim);
         foreach (var g in new[] { scale, dshift, dscale })
-            if (g != null) CheckRange(g, 0, groupElements);
+            if (g != null) OpChecks.Range(g, 0, groupElements);
         bool parameters = dweight != null || dbias != null || dshift != null || dscale != null;
         if (rows == 0 || (dx == null && !parameters)) return;
         Enter();
@@ -96,13 +96,13 @@ public sealed unsafe partial class CudaBackend
 
     public void GatedResidualForward(DeviceBuffer x, DeviceBuffer y, DeviceBuffer gate, DeviceBuffer output, int rows, int dim, int rowsPerGroup)
     {
-        NormCheckSizes("gated_residual", rows, dim, rowsPerGroup, grouped: true);
+        OpChecks.NormSizes("cuda", "gated_residual", rows, dim, rowsPerGroup, grouped: true);
         string suffix = ComputeSuffix("gated_residual", x, y, gate, output);
         long n = (long)rows * dim;
-        CheckRange(x, 0, n);
-        CheckRange(y, 0, n);
-        CheckRange(output, 0, n);
-        CheckRange(gate, 0, (long)(rows / rowsPerGroup) * dim);
+        OpChecks.Range(x, 0, n);
+        OpChecks.Range(y, 0, n);
+        OpChecks.Range(output, 0, n);
+        OpChecks.Range(gate, 0, (long)(rows / rowsPerGroup) * dim);
         if (rows == 0) return;
         Enter();
         // One block per row (grid-stride over rows), the block no wider than the row.
@@ -114,15 +114,15 @@ public sealed unsafe partial class CudaBackend
     public void GatedResidualBackward(DeviceBuffer y, DeviceBuffer gate, DeviceBuffer dout, DeviceBuffer? dx, DeviceBuffer? dy, DeviceBuffer? dgate,
         int rows, int dim, int rowsPerGroup)
     {
-        NormCheckSizes("gated_residual backward", rows, dim, rowsPerGroup, grouped: true);
+        OpChecks.NormSizes("cuda", "gated_residual backward", rows, dim, rowsPerGroup, grouped: true);
         string suffix = ComputeSuffix("gated_residual backward", Present(y, gate, dout, dx, dy, dgate));
         long n = (long)rows * dim, groupElements = (long)(rows / rowsPerGroup) * dim;
-        CheckRange(y, 0, n);
-        CheckRange(dout, 0, n);
-        CheckRange(gate, 0, groupElements);
-        if (dx != null) CheckRange(dx, 0, n);
-        if (dy != null) CheckRange(dy, 0, n);
-        if (dgate != null) CheckRange(dgate, 0, groupElements);
+        OpChecks.Range(y, 0, n);
+        OpChecks.Range(dout, 0, n);
+        OpChecks.Range(gate, 0, groupElements);
+        if (dx != null) OpChecks.Range(dx, 0, n);
+        if (dy != null) OpChecks.Range(dy, 0, n);
+        if (dgate != null) OpChecks.Range(dgate, 0, groupElements);
         if (rows == 0 || (dx == null && dy == null && dgate == null)) return;
         Enter();
         int groups = rows / rowsPerGroup;
@@ -148,19 +148,11 @@ public sealed unsafe partial class CudaBackend
     {
         if (buffer.DType != DType.F32)
             throw new ArgumentException($"cuda {op}: {buffer} must be float32 (statistics, losses, parameters and their gradients are).");
-        CheckRange(buffer, 0, count);
+        OpChecks.Range(buffer, 0, count);
     }
 
     private static void RequireF32OrNull(string op, DeviceBuffer? buffer, long count)
     {
         if (buffer != null) RequireF32(op, buffer, count);
-    }
-
-    private static void NormCheckSizes(string op, int rows, int dim, int rowsPerGroup, bool grouped)
-    {
-        if (rows < 0 || dim < 1)
-            throw new ArgumentOutOfRangeException(nameof(rows), $"cuda {op}: rows {rows} must be >= 0 and dim {dim} >= 1.");
-        if (grouped && (rowsPerGroup < 1 || rows % rowsPerGroup != 0))
-            throw new ArgumentOutOfRangeException(nameof(rowsPerGroup), $"cuda {op}: rowsPerGroup {rowsPerGroup} must be >= 1 and divide rows {rows}.");
     }
 }

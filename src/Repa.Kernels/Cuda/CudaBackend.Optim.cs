@@ -74,8 +74,8 @@ public sealed unsafe partial class CudaBackend
     public void AccumulateScalar(DeviceBuffer source, DeviceBuffer accumulator, long index, double divisor)
     {
         if (accumulator.DType != DType.F64) throw new ArgumentException($"accumulate_scalar: the accumulator {accumulator} must be float64.");
-        CheckRange(accumulator, index, 1);
-        CheckRange(source, 0, 1);
+        OpChecks.Range(accumulator, index, 1);
+        OpChecks.Range(source, 0, 1);
         string suffix = source.DType switch
         {
             DType.F32 => "f32",

@@ -279,25 +279,12 @@ public sealed unsafe partial class CudaBackend : IBackend
     internal ulong Address(DeviceBuffer buffer, long offset = 0) =>
         Device(buffer).Pointer + (ulong)(offset * buffer.DType.SizeInBytes());
 
-    private static void CheckRange(DeviceBuffer buffer, long offset, long count, int elementSize)
-    {
-        if (elementSize != buffer.DType.SizeInBytes())
-            throw new ArgumentException($"element size {elementSize} does not match {buffer}.");
-        CheckRange(buffer, offset, count);
-    }
-
-    /// <summary>Throws unless elements [offset, offset + count) lie inside the buffer.</summary>
-    internal static void CheckRange(DeviceBuffer buffer, long offset, long count)
-    {
-        if (count < 0 || offset < 0 || offset + count > buffer.Length)
-            throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + count}) is outside {buffer}.");
-    }
 
     /// <summary>Copies host memory to the device on the backend's stream and waits for it (the span is managed,
     /// pageable memory: it must not be read after this returns). Refused during a capture.</summary>
     public void Upload<T>(ReadOnlySpan<T> source, DeviceBuffer destination, long offset = 0) where T : unmanaged
     {
-        CheckRange(destination, offset, source.Length, sizeof(T));
+        OpChecks.Range(destination, offset, source.Length, sizeof(T));
         if (source.IsEmpty) return;
         RefuseDuringCapture("Upload", "upload the step's inputs into persistent tensors before the capture");
         Enter();
@@ -311,7 +298,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <summary>Copies device memory to the host after the work queued before it, and waits. Refused during a capture.</summary>
     public void Download<T>(DeviceBuffer source, Span<T> destination, long offset = 0) where T : unmanaged
     {
-        CheckRange(source, offset, destination.Length, sizeof(T));
+        OpChecks.Range(source, offset, destination.Length, sizeof(T));
         if (destination.IsEmpty) return;
         RefuseDuringCapture("Download", "keep the figures in device memory and read them after the graph ran");
         Enter();
@@ -337,8 +324,8 @@ public sealed unsafe partial class CudaBackend : IBackend
     public void Copy(DeviceBuffer source, long sourceOffset, DeviceBuffer destination, long destinationOffset, long count)
     {
         if (source.DType != destination.DType) throw new ArgumentException($"copy from {source} to {destination}: dtypes differ.");
-        CheckRange(source, sourceOffset, count);
-        CheckRange(destination, destinationOffset, count);
+        OpChecks.Range(source, sourceOffset, count);
+        OpChecks.Range(destination, destinationOffset, count);
         if (count == 0) return;
         Enter();
         long bytes = count * source.DType.SizeInBytes();
@@ -366,7 +353,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// float16 round the float32 value to nearest even).</summary>
     public void Fill(DeviceBuffer destination, long offset, long count, double value)
     {
-        CheckRange(destination, offset, count);
+        OpChecks.Range(destination, offset, count);
         if (count == 0) return;
         Enter();
         ulong address = Address(destination, offset);
@@ -387,8 +374,8 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// </summary>
     public void Convert(DeviceBuffer source, DeviceBuffer destination, long count)
     {
-        CheckRange(source, 0, count);
-        CheckRange(destination, 0, count);
+        OpChecks.Range(source, 0, count);
+        OpChecks.Range(destination, 0, count);
         if (source.DType == destination.DType)
         {
             Copy(source, 0, destination, 0, count);

@@ -214,7 +214,7 @@ public sealed partial class IlgpuBackend : IBackend
 
     public void Fill(DeviceBuffer destination, long offset, long count, double value)
     {
-        OpChecks.Range(destination, offset, count, destination.DType.SizeInBytes());
+        OpChecks.Range(destination, offset, count);
         if (count == 0) return;
         if (destination.DType == DType.F64)
         {
@@ -233,8 +233,8 @@ public sealed partial class IlgpuBackend : IBackend
 
     public void Convert(DeviceBuffer source, DeviceBuffer destination, long count)
     {
-        OpChecks.Range(source, 0, count, source.DType.SizeInBytes());
-        OpChecks.Range(destination, 0, count, destination.DType.SizeInBytes());
+        OpChecks.Range(source, 0, count);
+        OpChecks.Range(destination, 0, count);
         if (source.DType == destination.DType)
         {
             Copy(source, 0, destination, 0, count);
